@@ -1,0 +1,188 @@
+"""The generic on-disk format, for users who bring their own data.
+
+A folder holding:
+
+``interactions.csv`` or ``interactions.parquet`` (required)
+    columns ``user_id``, ``item_id``, ``timestamp`` (integer: unix time or a
+    position); optional ``label`` (number; 1.0 when absent) and ``domain``.
+``items.csv`` or ``items.parquet`` (optional)
+    ``item_id``; optional ``domain`` (default ``"default"``), ``title``,
+    ``category``, ``brand`` and any other columns, kept as item features.
+``users.csv`` or ``users.parquet`` (optional)
+    ``user_id`` plus attribute columns, treated as private attributes (audits only).
+``dataset.json`` (optional)
+    ``{"name": ..., "time_unit": "s" | "ms" | "position",
+    "label_kind": "rating" | "click" | "implicit"}``.
+
+CSV files are UTF-8 (override with ``dataset.json``'s ``"encoding"``) with a
+header line. Interactions whose items are missing from ``items`` are errors.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from fedllmrec.data.schema import RecDataset, build_dataset
+from fedllmrec.errors import DataFormatError
+
+INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
+
+
+def _find_table(folder: Path, stem: str, required: bool) -> Path | None:
+    for suffix in (".parquet", ".csv"):
+        path = folder / f"{stem}{suffix}"
+        if path.is_file():
+            return path
+    if required:
+        raise DataFormatError(folder / f"{stem}.csv", "file not found (nor a .parquet)")
+    return None
+
+
+def _read_table(path: Path, required: tuple[str, ...], encoding: str) -> dict[str, list[Any]]:
+    """Read a CSV or Parquet table into lists, with ``_line`` holding each row's line number."""
+    if path.suffix == ".parquet":
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # pyarrow raises several unrelated types
+            raise DataFormatError(path, f"not a readable Parquet file ({err})") from None
+        columns = {name: table.column(name).to_pylist() for name in table.column_names}
+        # Parquet has no lines; the 1-based data row is the closest thing.
+        columns["_line"] = list(range(1, table.num_rows + 1))
+    else:
+        try:
+            with open(path, encoding=encoding, newline="") as fh:
+                rows = list(csv.reader(fh))
+        except UnicodeDecodeError as err:
+            raw = path.read_bytes()
+            line = raw.count(b"\n", 0, err.start) + 1
+            raise DataFormatError(
+                path, f"byte 0x{raw[err.start]:02x} is not valid {encoding} text", line=line
+            ) from None
+        except LookupError:
+            raise DataFormatError(path, f"unknown encoding {encoding!r}") from None
+        if not rows:
+            raise DataFormatError(path, "file is empty (expected a header line)", line=1)
+        header = [h.strip() for h in rows[0]]
+        columns = {name: [] for name in header}
+        columns["_line"] = []
+        for line, row in enumerate(rows[1:], start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataFormatError(
+                    path, f"expected {len(header)} columns, found {len(row)}", line=line
+                )
+            for name, value in zip(header, row, strict=True):
+                columns[name].append(value)
+            columns["_line"].append(line)
+    for name in required:
+        if name not in columns:
+            present = sorted(set(columns) - {"_line"})
+            raise DataFormatError(
+                path,
+                f"missing column (the file has {present})",
+                line=1 if path.suffix == ".csv" else None,
+                field=name,
+            )
+    if not columns["_line"]:
+        raise DataFormatError(path, "no data rows")
+    for name in required:
+        for value, line in zip(columns[name], columns["_line"], strict=True):
+            if value is None or str(value).strip() == "":
+                raise DataFormatError(path, "empty value", line=line, field=name)
+    return columns
+
+
+def _as_numbers(
+    path: Path, column: list[Any], lines: list[int], field: str, kind: type
+) -> np.ndarray:
+    out: list[float] = []
+    for value, line in zip(column, lines, strict=True):
+        try:
+            number = float(value)
+            if kind is int:
+                if number != int(number):
+                    raise ValueError
+                out.append(float(int(number)))
+            else:
+                if number != number:  # NaN
+                    raise ValueError
+                out.append(number)
+        except (TypeError, ValueError):
+            expected = "an integer" if kind is int else "a number"
+            raise DataFormatError(
+                path, f"expected {expected}, got {value!r}", line=line, field=field
+            ) from None
+    return np.asarray(out, dtype=np.int64 if kind is int else np.float64)
+
+
+def load_generic(folder: str | Path) -> RecDataset:
+    """Read a folder in the generic format (see module docstring)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataFormatError(folder, "not a folder in the generic dataset format")
+    info: dict[str, Any] = {}
+    info_path = folder / "dataset.json"
+    if info_path.is_file():
+        try:
+            info = json.loads(info_path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataFormatError(info_path, f"invalid JSON: {err.msg}", line=err.lineno) from None
+    encoding = info.get("encoding", "utf-8")
+    inter_path = _find_table(folder, "interactions", required=True)
+    assert inter_path is not None
+    inter = _read_table(inter_path, INTERACTION_COLUMNS, encoding)
+    lines = inter["_line"]
+    timestamp = _as_numbers(inter_path, inter["timestamp"], lines, "timestamp", int)
+    label = (
+        _as_numbers(inter_path, inter["label"], lines, "label", float)
+        if "label" in inter
+        else np.ones(len(lines))
+    )
+
+    items_path = _find_table(folder, "items", required=False)
+    if items_path is not None:
+        items: dict[str, Any] = _read_table(items_path, ("item_id",), encoding)
+        items.setdefault("domain", ["default"] * len(items["item_id"]))
+        items.pop("_line")
+    else:
+        # Without an item table, each item's domain comes from its first interaction.
+        domain_of: dict[str, str] = {}
+        for item, domain in zip(
+            inter["item_id"], inter.get("domain", ["default"] * len(lines)), strict=True
+        ):
+            domain_of.setdefault(str(item), str(domain))
+        items = {"item_id": list(domain_of), "domain": list(domain_of.values())}
+
+    users_path = _find_table(folder, "users", required=False)
+    users: dict[str, Any] | None = None
+    attributes: tuple[str, ...] = ()
+    if users_path is not None:
+        users = _read_table(users_path, ("user_id",), encoding)
+        users.pop("_line")
+        attributes = tuple(k for k in users if k != "user_id")
+
+    return build_dataset(
+        str(info.get("name", folder.name)),
+        interactions={
+            "user_id": np.asarray([str(u) for u in inter["user_id"]], dtype=object),
+            "item_id": np.asarray([str(i) for i in inter["item_id"]], dtype=object),
+            "timestamp": timestamp,
+            "label": label,
+            "_line": np.asarray(lines),
+        },
+        items=items,
+        users=users,
+        time_unit=info.get("time_unit", "s"),
+        label_kind=info.get("label_kind", "implicit" if "label" not in inter else "rating"),
+        private_attributes=attributes,
+        interactions_source=str(inter_path),
+        items_source=str(items_path or inter_path),
+        meta={"source": str(folder)},
+    )

@@ -1,0 +1,105 @@
+"""Baselines under the protocol: sane values, chance for a constant scorer, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedllmrec.data.prepare import Prepared
+from fedllmrec.data.split import UserItemSet
+from fedllmrec.eval import evaluate_ranking
+from fedllmrec.models import ItemKNN, ItemKNNConfig, Popularity, Recommender
+
+
+class Constant:
+    """Scores every item the same: must get exactly chance under expected ties."""
+
+    def fit(self, split):  # type: ignore[no-untyped-def]
+        return self
+
+    def score(self, users: np.ndarray, items: np.ndarray, history: UserItemSet) -> np.ndarray:
+        return np.zeros(items.shape)
+
+
+class Oracle:
+    """Knows the test items: an upper bound that checks the positive is really ranked."""
+
+    def __init__(self, prepared: Prepared, role: str) -> None:
+        ds = prepared.dataset
+        rows = prepared.split.rows(role)
+        self.target = dict(zip(ds.user[rows].tolist(), ds.item[rows].tolist(), strict=True))
+
+    def fit(self, split):  # type: ignore[no-untyped-def]
+        return self
+
+    def score(self, users: np.ndarray, items: np.ndarray, history: UserItemSet) -> np.ndarray:
+        targets = np.asarray([self.target[u] for u in users.tolist()])
+        return (items == targets[:, None]).astype(float)
+
+
+def test_constant_scorer_gets_chance(ml100k_prepared: Prepared) -> None:
+    sampled = evaluate_ranking(Constant(), ml100k_prepared, mode="sampled")
+    assert sampled["metrics"]["HR@10"] == pytest.approx(0.10)
+    llm = evaluate_ranking(Constant(), ml100k_prepared, mode="sampled", n_negatives=19)
+    assert llm["metrics"]["HR@10"] == pytest.approx(0.50)
+    full = evaluate_ranking(Constant(), ml100k_prepared, mode="full")
+    # Full ranking excludes each user's other touched items, so chance varies per user.
+    ds = ml100k_prepared.dataset
+    n_seen = np.bincount(ds.user, minlength=ds.n_users)
+    chance = np.minimum(10 / (ds.n_items - n_seen + 1), 1.0).mean()
+    assert full["metrics"]["HR@10"] == pytest.approx(chance)
+
+
+def test_oracle_is_perfect(ml100k_prepared: Prepared) -> None:
+    for mode in ("full", "sampled"):
+        result = evaluate_ranking(Oracle(ml100k_prepared, "test"), ml100k_prepared, mode=mode)
+        assert result["metrics"]["HR@10"] == 1.0
+        assert result["metrics"]["MRR"] == 1.0
+
+
+def test_baselines_beat_chance_and_knn_beats_popularity(ml100k_prepared: Prepared) -> None:
+    pop = Popularity().fit(ml100k_prepared.split)
+    knn = ItemKNN(ItemKNNConfig(neighbours=20)).fit(ml100k_prepared.split)
+    assert isinstance(knn, Recommender)
+    res = {
+        (name, mode): evaluate_ranking(model, ml100k_prepared, mode=mode)["metrics"]
+        for name, model in (("pop", pop), ("knn", knn))
+        for mode in ("full", "sampled")
+    }
+    assert 0.30 < res["pop", "sampled"]["HR@10"] < res["knn", "sampled"]["HR@10"] < 0.9
+    assert 0.03 < res["pop", "full"]["HR@10"] < res["knn", "full"]["HR@10"] < 0.5
+    again = evaluate_ranking(
+        ItemKNN(ItemKNNConfig(neighbours=20)).fit(ml100k_prepared.split), ml100k_prepared
+    )
+    assert again["metrics"] == res["knn", "sampled"]
+
+
+def test_item_knn_scores_by_hand() -> None:
+    """Three users, four items: the cosine item-item scores computed by hand."""
+    import pyarrow as pa
+
+    from fedllmrec.data import build_dataset
+    from fedllmrec.data.split import Split, SplitConfig
+
+    # u0: items 0,1   u1: items 0,1,2   u2: items 2,3 (all training)
+    users = ["u0", "u0", "u1", "u1", "u1", "u2", "u2"]
+    items = ["0", "1", "0", "1", "2", "2", "3"]
+    ds = build_dataset(
+        "toy",
+        interactions={
+            "user_id": np.asarray(users, dtype=object),
+            "item_id": np.asarray(items, dtype=object),
+            "timestamp": np.arange(7),
+        },
+        items={"item_id": ["0", "1", "2", "3"], "domain": ["d"] * 4},
+        time_unit="position",
+        label_kind="implicit",
+    )
+    split = Split(ds, np.zeros(7, dtype=np.int8), SplitConfig())
+    knn = ItemKNN(ItemKNNConfig(neighbours=10)).fit(split)
+    # cos(0,1) = 2/(sqrt2*sqrt2) = 1; cos(0,2) = 1/(sqrt2*sqrt2) = 0.5; cos(2,3) = 1/sqrt2.
+    history = UserItemSet(ds.user, ds.item, 4)
+    scores = knn.score(np.array([0]), np.array([[0, 1, 2, 3]]), history)
+    # u0 history {0, 1}: score(2) = cos(0,2) + cos(1,2) = 0.5 + 0.5; score(3) = 0.
+    np.testing.assert_allclose(scores[0, 2:], [1.0, 0.0], atol=1e-6)
+    assert isinstance(ds.interactions, pa.Table)
