@@ -94,6 +94,50 @@ def baselines(
         atomic_write_json(json_out, records)
 
 
+@app.command("embed")
+def embed(
+    name: Annotated[str, typer.Argument(help="ml-100k, kuaisar-r, art-office or a folder.")],
+    data_dir: DataDir = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the (n_items, dim) array here (.npy).")
+    ] = None,
+    model: Annotated[str, typer.Option(help="Encoder name or sentence-transformers folder.")] = (
+        "all-MiniLM-L6-v2"
+    ),
+    template: Annotated[Path | None, typer.Option(help="Item text template TOML file.")] = None,
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16 (autocast).")] = "float32",
+    batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 32,
+) -> None:
+    """Embed every item of a dataset (all domains) with the frozen encoder, using the cache."""
+    import time
+
+    import numpy as np
+
+    from fedllmrec.data import load_dataset
+    from fedllmrec.io import atomic_path
+    from fedllmrec.semantics import EncoderConfig, ItemEncoder, item_texts
+
+    if dtype not in ("float32", "bfloat16"):
+        raise typer.BadParameter("dtype must be float32 or bfloat16")
+    dataset = load_dataset(name, data_dir)
+    texts = item_texts(dataset, template)
+    encoder = ItemEncoder(
+        EncoderConfig(model=model, dtype=dtype, batch_size=batch_size)  # type: ignore[arg-type]
+    )
+    start = time.perf_counter()
+    vectors = encoder.encode(texts)
+    seconds = time.perf_counter() - start
+    if out is not None:
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, vectors)
+    stats = encoder.last_stats
+    console.print(
+        f"{dataset.name}: {vectors.shape[0]} items x {vectors.shape[1]} dims in {seconds:.1f} s "
+        f"({stats['cached']} from cache, {stats['embedded']} embedded)"
+        + (f"; wrote {out}" if out is not None else "")
+    )
+
+
 @app.command("demo")
 def demo(data_dir: DataDir = None) -> None:
     """The main job on the embedded defaults: prepare ml-100k and evaluate the baselines."""
