@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fedllmrec.errors import FedLLMRecError
 
@@ -138,6 +139,69 @@ def embed(
     )
 
 
+@app.command("retrieve")
+def retrieve(
+    name: Annotated[str, typer.Argument(help="ml-100k, kuaisar-r, art-office or a folder.")],
+    user: Annotated[str, typer.Option(help="The user's id as in the source data.")],
+    data_dir: DataDir = None,
+    k: Annotated[int, typer.Option(help="Number of candidates.")] = 10,
+    domain: Annotated[str | None, typer.Option(help="Retrieve in this domain only.")] = None,
+    query_domain: Annotated[
+        str | None, typer.Option(help="Build the query from this domain's history only.")
+    ] = None,
+) -> None:
+    """Candidate items for a user, by text similarity to their history, never seen items."""
+    import numpy as np
+    from rich.table import Table
+
+    from fedllmrec.data import load_dataset
+    from fedllmrec.data.split import UserItemSet
+    from fedllmrec.errors import FedLLMRecError
+    from fedllmrec.retrieval import ItemIndex
+    from fedllmrec.retrieval.candidates import history_queries
+    from fedllmrec.semantics import embed_items
+
+    dataset = load_dataset(name, data_dir)
+    user_ids = dataset.users.column("user_id").to_pylist()
+    if user not in user_ids:
+        raise FedLLMRecError(f"user {user!r} is not in {dataset.name}")
+
+    def domain_index(label: str | None) -> int | None:
+        if label is None:
+            return None
+        if label not in dataset.domains:
+            raise FedLLMRecError(f"unknown domain {label!r}; {dataset.name} has {dataset.domains}")
+        return dataset.domains.index(label)
+
+    target, source = domain_index(domain), domain_index(query_domain)
+    with console.status("embedding items (cached after the first run)"):
+        vectors = embed_items(dataset)
+    index = ItemIndex.build(vectors, domains=dataset.item_domain.astype(np.int64))
+    dense = np.asarray([user_ids.index(user)])
+    history = UserItemSet(dataset.user, dataset.item, dataset.n_items)
+    query, has = history_queries(
+        vectors, history, dense, item_domain=dataset.item_domain, domain=source
+    )
+    if not has[0]:
+        raise FedLLMRecError(f"user {user!r} has no history to build a query from")
+    scores, ids = index.search(query, k, domain=target, exclude=[history.items_of(int(dense[0]))])
+    table = Table(title=f"{dataset.name}: {k} candidates for user {user}")
+    for column in ("rank", "item_id", "domain", "score", "title"):
+        table.add_column(column)
+    items = dataset.items
+    for rank, (item, score) in enumerate(zip(ids[0].tolist(), scores[0].tolist(), strict=True)):
+        if item < 0:
+            break
+        table.add_row(
+            str(rank + 1),
+            str(items.column("item_id")[item]),
+            str(items.column("domain")[item]),
+            f"{score:.3f}",
+            str(items.column("title")[item]),
+        )
+    console.print(table)
+
+
 @app.command("demo")
 def demo(data_dir: DataDir = None) -> None:
     """The main job on the embedded defaults: prepare ml-100k and evaluate the baselines."""
@@ -149,7 +213,10 @@ def main() -> None:
     try:
         app()
     except FedLLMRecError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        # The message quotes raw data, which may hold "[...]": print it as text, not markup.
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
 
 

@@ -117,10 +117,13 @@ def load_art_office(folder: str | Path) -> RecDataset:
                 raise DataFormatError(
                     path, f"lines {first + 1} and {first + 2} must share one prefix", line=first + 2
                 )
-            unknown = [i for i in (*items1, items2[-1]) if i not in known]
+            # Line 1 holds the prefix and its target; line 2 adds only its own target.
+            unknown = [(i, first + 1) for i in items1 if i not in known]
+            unknown += [(i, first + 2) for i in items2[-1:] if i not in known]
             if unknown:
+                item, line_no = unknown[0]
                 raise DataFormatError(
-                    path, f"item {unknown[0]} is in no item list", line=first + 1, field="item"
+                    path, f"item {item} is in no item list", line=line_no, field="item"
                 )
             users.append(u1)
             user_split.append(file_name.split("_")[0])

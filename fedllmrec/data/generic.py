@@ -20,15 +20,17 @@ header line. Interactions whose items are missing from ``items`` are errors.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from fedllmrec.data.schema import RecDataset, build_dataset
+from fedllmrec.data.schema import LabelKind, RecDataset, TimeUnit, build_dataset
 from fedllmrec.errors import DataFormatError
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
@@ -55,23 +57,34 @@ def _read_table(path: Path, required: tuple[str, ...], encoding: str) -> dict[st
         # Parquet has no lines; the 1-based data row is the closest thing.
         columns["_line"] = list(range(1, table.num_rows + 1))
     else:
+        # Decode the whole file at once: a streaming decoder reports offsets within its
+        # current chunk, which would name the wrong line and byte.
+        raw = path.read_bytes()
         try:
-            with open(path, encoding=encoding, newline="") as fh:
-                rows = list(csv.reader(fh))
+            text = raw.decode(encoding)
+            # Spreadsheet exports often start with a byte-order mark; it is not a header character.
+            text = text.removeprefix("\ufeff")
         except UnicodeDecodeError as err:
-            raw = path.read_bytes()
             line = raw.count(b"\n", 0, err.start) + 1
             raise DataFormatError(
                 path, f"byte 0x{raw[err.start]:02x} is not valid {encoding} text", line=line
             ) from None
         except LookupError:
             raise DataFormatError(path, f"unknown encoding {encoding!r}") from None
+        reader = csv.reader(io.StringIO(text, newline=""))
+        rows: list[list[str]] = []
+        starts: list[int] = []  # 1-based first line of each row (quoted fields may span lines)
+        end = 0
+        for row in reader:
+            starts.append(end + 1)
+            rows.append(row)
+            end = reader.line_num
         if not rows:
             raise DataFormatError(path, "file is empty (expected a header line)", line=1)
         header = [h.strip() for h in rows[0]]
         columns = {name: [] for name in header}
         columns["_line"] = []
-        for line, row in enumerate(rows[1:], start=2):
+        for line, row in zip(starts[1:], rows[1:], strict=True):
             if not row:
                 continue
             if len(row) != len(header):
@@ -134,7 +147,21 @@ def load_generic(folder: str | Path) -> RecDataset:
             info = json.loads(info_path.read_text())
         except json.JSONDecodeError as err:
             raise DataFormatError(info_path, f"invalid JSON: {err.msg}", line=err.lineno) from None
+    if not isinstance(info, dict):
+        raise DataFormatError(info_path, "must hold a JSON object", line=1)
+    for key, allowed in (("time_unit", get_args(TimeUnit)), ("label_kind", get_args(LabelKind))):
+        if key in info and info[key] not in allowed:
+            raise DataFormatError(
+                info_path, f"{info[key]!r} is not one of {list(allowed)}", field=key
+            )
     encoding = info.get("encoding", "utf-8")
+    try:
+        codecs.lookup(encoding)
+    except (LookupError, TypeError):
+        # Name dataset.json, where the fix goes, not the CSV file it was applied to.
+        raise DataFormatError(
+            info_path, f"unknown encoding {encoding!r}", field="encoding"
+        ) from None
     inter_path = _find_table(folder, "interactions", required=True)
     assert inter_path is not None
     inter = _read_table(inter_path, INTERACTION_COLUMNS, encoding)

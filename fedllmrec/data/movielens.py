@@ -65,9 +65,12 @@ def load_movielens_100k(folder: str | Path) -> RecDataset:
     )  # fmt: skip
     flags = np.stack([movies[f"genre_{i}"] for i in range(len(GENRES))], axis=1)  # (I, 19)
     if not np.isin(flags, (0, 1)).all():
-        row = int(np.flatnonzero(~np.isin(flags, (0, 1)).all(axis=1))[0])
+        row, col = (int(x[0]) for x in np.nonzero(~np.isin(flags, (0, 1))))
         raise DataFormatError(
-            folder / "u.item", "genre flags must be 0 or 1", line=int(movies["_line"][row])
+            folder / "u.item",
+            f"genre flags must be 0 or 1, got {flags[row, col]}",
+            line=int(movies["_line"][row]),
+            field=f"genre_{col}",
         )
     genres = [", ".join(g for g, f in zip(GENRES, row, strict=True) if f) for row in flags]
     return build_dataset(
