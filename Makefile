@@ -40,8 +40,13 @@ unit: setup
 
 test: lint typecheck unit
 
+# Benchmarks: minutes each; results go to runs/ and, by hand, to docs/benchmarks.md.
 bench: setup
-	$(BIN)/python scripts/bench_baselines.py
+	$(BIN)/python scripts/bench_baselines.py --dataset ml-100k
+	$(BIN)/python scripts/bench_baselines.py --dataset art-office
+	$(BIN)/python scripts/bench_embed.py
+	$(BIN)/python scripts/bench_retrieval.py
+	$(BIN)/python scripts/bench_retrieval_recall.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -22,15 +22,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import machine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from fedllmrec.data import load_dataset
 from fedllmrec.io import atomic_write_json
 from fedllmrec.semantics import EncoderConfig, ItemEncoder, item_texts
-
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_baselines import machine
 
 
 def timed(fn):  # type: ignore[no-untyped-def]

@@ -21,10 +21,7 @@ latency is the mean over ``--single`` one-query calls through ``ItemIndex.search
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -33,23 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from benchlib import machine
 
 from fedllmrec.io import atomic_write_json
 from fedllmrec.retrieval import IndexConfig, ItemIndex
 
 Search = Callable[[np.ndarray], np.ndarray]
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores, Python {platform.python_version()}"
 
 
 def unit(x: np.ndarray) -> np.ndarray:

@@ -21,14 +21,13 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchlib import machine
+
 from fedllmrec.data.prepare import prepare
 from fedllmrec.io import atomic_write_json
 from fedllmrec.retrieval import ItemIndex
 from fedllmrec.retrieval.candidates import retrieval_recall
 from fedllmrec.semantics import embed_items
-
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_baselines import machine
 
 KS = (10, 50, 100)
 
