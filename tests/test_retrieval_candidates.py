@@ -14,6 +14,7 @@ from fedllmrec.eval import evaluate_ranking
 from fedllmrec.models import Popularity
 from fedllmrec.retrieval import IndexConfig, ItemIndex
 from fedllmrec.retrieval.candidates import (
+    candidates_for_users,
     exclusions,
     history_queries,
     popularity_top,
@@ -36,7 +37,7 @@ def test_exact_search_equals_brute_force_and_excludes_seen(
     assert has.all()
     np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
     excluded = exclusions(split, users)
-    scores, ids = ItemIndex.build(vectors).search(queries, 20, exclude=excluded)
+    scores, ids = candidates_for_users(ItemIndex.build(vectors), split, users, queries, 20)
     brute = queries @ vectors.T  # (50, 1682)
     for r, user in enumerate(users.tolist()):
         brute[r, split.touched.items_of(user)] = -np.inf

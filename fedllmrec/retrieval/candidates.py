@@ -61,6 +61,27 @@ def exclusions(split: Split, users: np.ndarray, keep: np.ndarray | None = None) 
     return out
 
 
+def candidates_for_users(
+    index: ItemIndex,
+    split: Split,
+    users: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    *,
+    domain: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` items per user for any query vectors, never an item the user touched.
+
+    ``queries`` may be mean history embeddings (:func:`history_queries`) or any
+    user state in the item space, such as a sequential model's output.
+
+    Returns
+    -------
+    scores : (len(users), k) float32; ids : (len(users), k) int64, -1 where padded.
+    """
+    return index.search(queries, k, domain=domain, exclude=exclusions(split, users))
+
+
 def popularity_top(split: Split, domain: int, k: int, exclude: Sequence[np.ndarray]) -> np.ndarray:
     """Top-``k`` items of ``domain`` by training popularity, per user, minus exclusions."""
     ds = split.dataset
