@@ -40,18 +40,18 @@ def run_baselines(
             "item-knn": knn_models,
         }
         for name, options in candidates.items():
-            best = max(
-                options,
-                key=lambda o: evaluate_ranking(o[1], prepared, role="valid", mode=mode, ks=ks)[
-                    "metrics"
-                ][SELECTION_METRIC],
+            scored = [
+                (evaluate_ranking(model, prepared, role="valid", mode=mode, ks=ks), params, model)
+                for params, model in options
+            ]
+            valid, best_params, best_model = max(
+                scored, key=lambda s: s[0]["metrics"][SELECTION_METRIC]
             )
-            valid = evaluate_ranking(best[1], prepared, role="valid", mode=mode, ks=ks)
-            test = evaluate_ranking(best[1], prepared, role="test", mode=mode, ks=ks)
+            test = evaluate_ranking(best_model, prepared, role="test", mode=mode, ks=ks)
             records.append(
                 {
                     "model": name,
-                    "params": best[0],
+                    "params": best_params,
                     "mode": test["mode"],
                     "valid": valid["metrics"],
                     "test": test["metrics"],
