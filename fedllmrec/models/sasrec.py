@@ -1,0 +1,130 @@
+"""SASRec: self-attentive sequential recommendation (Kang & McAuley, 2018).
+
+One readable file in the style of nanoGPT: a config dataclass passed to every
+module, causal self-attention blocks over the item sequence with learned
+positions, and scores as inner products with the shared item embeddings.
+Attention is written as plain matmuls (not ``scaled_dot_product_attention``) so
+that the federated simulator can ``torch.func.vmap`` it over clients on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+PAD = 0  # item index 0 is padding; real item ``i`` is stored as ``i + 1``
+
+
+@dataclass
+class SASRecConfig:
+    """Hyper-parameters of :class:`SASRec` (RecBole's defaults where they exist)."""
+
+    n_items: int
+    max_len: int = 50
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+    ffn_mult: int = 4
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        if config.dim % config.n_heads:
+            raise ValueError("dim must be divisible by n_heads")
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.dim, 3 * config.dim)
+        self.proj = nn.Linear(config.dim, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape  # (B, T, D)
+        q, k, v = self.qkv(x).split(d, dim=2)
+        h = self.n_heads
+        q = q.view(b, t, h, d // h).transpose(1, 2)  # (B, H, T, Dh)
+        k = k.view(b, t, h, d // h).transpose(1, 2)
+        v = v.view(b, t, h, d // h).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // h)  # (B, H, T, T)
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        allowed = causal[None, None] & pad_mask[:, None, None, :]  # keys must be real items
+        att = att.masked_fill(~allowed, float("-inf"))
+        # A padded query row sees no key; zero it instead of producing NaN.
+        att = torch.nan_to_num(F.softmax(att, dim=-1), nan=0.0)
+        y = self.dropout(att) @ v  # (B, H, T, Dh)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(config.dim, config.ffn_mult * config.dim),
+            nn.GELU(),
+            nn.Linear(config.ffn_mult * config.dim, config.dim),
+            nn.Dropout(config.dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: attention then feed-forward, each residual."""
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.ln_att = nn.LayerNorm(config.dim)
+        self.att = CausalSelfAttention(config)
+        self.ln_ffn = nn.LayerNorm(config.dim)
+        self.ffn = FeedForward(config)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.att(self.ln_att(x), pad_mask)
+        x = x + self.ffn(self.ln_ffn(x))
+        return x * pad_mask[..., None]
+
+
+class SASRec(nn.Module):
+    """Sequence of item indices (left-padded with 0) -> a state per position."""
+
+    def __init__(self, config: SASRecConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.item_emb = nn.Embedding(config.n_items + 1, config.dim, padding_idx=PAD)
+        self.pos_emb = nn.Embedding(config.max_len, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.ln_out = nn.LayerNorm(config.dim)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """States (B, T, D) for item sequences ``seq`` (B, T); position t sees items <= t."""
+        t = seq.shape[1]  # (B, T)
+        if t > self.config.max_len:
+            raise ValueError(f"sequence length {t} exceeds max_len {self.config.max_len}")
+        pad_mask = seq != PAD  # (B, T)
+        pos = torch.arange(t, device=seq.device)
+        x = self.item_emb(seq) * math.sqrt(self.config.dim) + self.pos_emb(pos)[None]
+        x = self.dropout(x) * pad_mask[..., None]
+        for block in self.blocks:
+            x = block(x, pad_mask)
+        return self.ln_out(x)  # (B, T, D)
+
+    def score(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Inner products of states (B, D) with candidate items (B, C) or all items (C,)."""
+        emb = self.item_emb(items)  # (B, C, D) or (C, D)
+        if emb.dim() == 2:
+            return state @ emb.T  # (B, C)
+        return torch.einsum("bd,bcd->bc", state, emb)
