@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fedllmrec.data.prepare import Prepared
 from fedllmrec.models.sasrec import PAD, SASRec, SASRecConfig
 
 
@@ -48,3 +49,25 @@ def test_padding_rows_are_finite_and_independent() -> None:
         out = model(batch)
     assert torch.isfinite(out).all()  # a fully padded row yields no NaN
     torch.testing.assert_close(out[:1], alone)  # rows do not influence each other
+
+
+def test_training_on_ml100k_is_deterministic_and_beats_popularity(
+    ml100k_prepared: Prepared,
+) -> None:
+    from fedllmrec.eval import evaluate_ranking
+    from fedllmrec.models import Popularity
+    from fedllmrec.models.sequential import SASRecRecommender, SequentialTrainConfig
+
+    torch.set_num_threads(2)
+    runs = [
+        SASRecRecommender(max_len=20, train=SequentialTrainConfig(epochs=4)).fit(
+            ml100k_prepared.split
+        )
+        for _ in range(2)
+    ]
+    assert runs[0].losses == runs[1].losses
+    assert runs[0].losses[-1] < runs[0].losses[0]
+    sasrec = evaluate_ranking(runs[0], ml100k_prepared, mode="sampled")["metrics"]["HR@10"]
+    pop = Popularity().fit(ml100k_prepared.split)
+    floor = evaluate_ranking(pop, ml100k_prepared, mode="sampled")["metrics"]["HR@10"]
+    assert sasrec > floor

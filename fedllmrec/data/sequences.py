@@ -1,0 +1,44 @@
+"""Users' interaction sequences in canonical (chronological, tie-rule) order."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedllmrec.data.split import Split, UserItemSet
+
+
+def user_sequences(split: Split, keep: np.ndarray | None = None) -> list[np.ndarray]:
+    """Per user, the items of the kept interactions in canonical order.
+
+    ``keep`` is a boolean mask over interactions (default: all). Rows of the
+    split's dataset are already in canonical order, grouped by user.
+    """
+    ds = split.dataset
+    mask = np.ones(ds.n_interactions, dtype=bool) if keep is None else keep
+    users, items = ds.user[mask], ds.item[mask]
+    bounds = np.searchsorted(users, np.arange(ds.n_users + 1))
+    return [items[bounds[u] : bounds[u + 1]] for u in range(ds.n_users)]
+
+
+def observed_sequences(split: Split, history: UserItemSet, users: np.ndarray) -> list[np.ndarray]:
+    """Each user's interactions that are in ``history``, in canonical order."""
+    ds = split.dataset
+    bounds = np.searchsorted(ds.user, np.arange(ds.n_users + 1))
+    out = []
+    for user in users.tolist():
+        items = ds.item[bounds[user] : bounds[user + 1]]
+        out.append(items[history.contains(np.full(items.shape[0], user), items)])
+    return out
+
+
+def left_pad(sequences: list[np.ndarray], max_len: int, offset: int = 1) -> np.ndarray:
+    """The last ``max_len`` items of each sequence, left-padded with 0, items shifted by ``offset``.
+
+    Shifting by 1 keeps index 0 free for padding.
+    """
+    out = np.zeros((len(sequences), max_len), dtype=np.int64)
+    for r, seq in enumerate(sequences):
+        tail = seq[-max_len:]
+        if tail.size:
+            out[r, max_len - tail.shape[0] :] = tail + offset
+    return out

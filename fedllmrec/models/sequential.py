@@ -1,0 +1,101 @@
+"""Sequential recommenders behind the common ``fit`` / ``score`` interface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Self
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from fedllmrec.data.sequences import left_pad, observed_sequences, user_sequences
+from fedllmrec.data.split import TRAIN, Split, UserItemSet
+from fedllmrec.models.sasrec import PAD, SASRec, SASRecConfig
+
+
+@dataclass
+class SequentialTrainConfig:
+    """How :class:`SASRecRecommender` trains: all-position next-item cross-entropy."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class SASRecRecommender:
+    """SASRec trained on each user's chronological training items.
+
+    Every position of a training sequence predicts the next item, with a softmax
+    over all items (no sampled negatives, so no negative can leak).
+    """
+
+    max_len: int = 50
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+    train: SequentialTrainConfig = field(default_factory=SequentialTrainConfig)
+    model: SASRec | None = None
+    split: Split | None = None
+    losses: list[float] = field(default_factory=list)
+    _rng: np.random.Generator = field(default_factory=np.random.default_rng, repr=False)
+    _data: torch.Tensor = field(default_factory=lambda: torch.empty(0), repr=False)
+    _optim: torch.optim.Optimizer | None = field(default=None, repr=False)
+
+    def fit(self, split: Split) -> Self:
+        """Build a fresh model and train it for ``train.epochs`` epochs."""
+        cfg = self.train
+        torch.manual_seed(cfg.seed)
+        self._rng = np.random.default_rng(cfg.seed)
+        self.split = split
+        self.losses = []
+        n_items = split.dataset.n_items
+        self.model = SASRec(
+            SASRecConfig(n_items, self.max_len, self.dim, self.n_layers, self.n_heads, self.dropout)
+        )
+        # One extra step of history: inputs are items [:-1], targets items [1:].
+        seqs = left_pad(user_sequences(split, split.role == TRAIN), self.max_len + 1)
+        self._data = torch.from_numpy(seqs[(seqs != PAD).sum(axis=1) >= 2])
+        self._optim = torch.optim.Adam(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        return self.resume(cfg.epochs)
+
+    def resume(self, epochs: int) -> Self:
+        """Train ``epochs`` more epochs, continuing the optimiser and data order."""
+        if self.model is None or self._optim is None:
+            raise RuntimeError("call fit() before resume()")
+        data, optim, batch_size = self._data, self._optim, self.train.batch_size
+        self.model.train()
+        for _ in range(epochs):
+            order = torch.from_numpy(self._rng.permutation(data.shape[0]))
+            total, count = 0.0, 0
+            for lo in range(0, data.shape[0], batch_size):
+                batch = data[order[lo : lo + batch_size]]
+                inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T)
+                states = self.model(inputs)  # (B, T, D)
+                logits = states @ self.model.item_emb.weight[1:].T  # (B, T, I)
+                mask = (targets != PAD) & (inputs != PAD)
+                loss = F.cross_entropy(logits[mask], targets[mask] - 1)
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+                total += float(loss.detach()) * int(mask.sum())
+                count += int(mask.sum())
+            self.losses.append(total / max(count, 1))
+        self.model.eval()
+        return self
+
+    @torch.no_grad()
+    def score(self, users: np.ndarray, items: np.ndarray, history: UserItemSet) -> np.ndarray:
+        if self.model is None or self.split is None:
+            raise RuntimeError("call fit() before score()")
+        seqs = left_pad(observed_sequences(self.split, history, users), self.max_len)
+        state = self.model(torch.from_numpy(seqs))[:, -1]  # (B, D)
+        emb = self.model.item_emb.weight[1:]  # (I, D)
+        scores = (state @ emb.T).numpy()  # (B, I)
+        return np.take_along_axis(scores, np.asarray(items, dtype=np.int64), axis=1)
