@@ -1,4 +1,4 @@
-"""Benchmark: SASRec on ml-100k, quality against wall time.
+"""Benchmark: a sequential model (SASRec or GRU4Rec) on ml-100k, quality against wall time.
 
 Trains for ``--epochs`` epochs, evaluating validation and test (full rank and
 1+99) after every ``--every`` epochs; training time excludes evaluation.
@@ -20,13 +20,14 @@ from benchlib import machine
 from fedllmrec.data.prepare import prepare
 from fedllmrec.eval import evaluate_ranking
 from fedllmrec.io import atomic_write_json
-from fedllmrec.models.sequential import SASRecRecommender, SequentialTrainConfig
+from fedllmrec.models.sequential import SequentialRecommender, SequentialTrainConfig
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--architecture", choices=["sasrec", "gru4rec"], default="sasrec")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
@@ -36,7 +37,9 @@ def main() -> None:
     prepared = prepare(args.dataset, data_dir=args.data_dir)
     rows = []
     train_seconds = 0.0
-    model = SASRecRecommender(train=SequentialTrainConfig(epochs=args.every))
+    model = SequentialRecommender(
+        architecture=args.architecture, train=SequentialTrainConfig(epochs=args.every)
+    )
     for epoch in range(args.every, args.epochs + 1, args.every):
         start = time.perf_counter()
         if epoch == args.every:

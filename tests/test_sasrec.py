@@ -56,11 +56,11 @@ def test_training_on_ml100k_is_deterministic_and_beats_popularity(
 ) -> None:
     from fedllmrec.eval import evaluate_ranking
     from fedllmrec.models import Popularity
-    from fedllmrec.models.sequential import SASRecRecommender, SequentialTrainConfig
+    from fedllmrec.models.sequential import SequentialRecommender, SequentialTrainConfig
 
     torch.set_num_threads(2)
     runs = [
-        SASRecRecommender(max_len=20, train=SequentialTrainConfig(epochs=4)).fit(
+        SequentialRecommender(max_len=20, train=SequentialTrainConfig(epochs=4)).fit(
             ml100k_prepared.split
         )
         for _ in range(2)
@@ -71,3 +71,23 @@ def test_training_on_ml100k_is_deterministic_and_beats_popularity(
     pop = Popularity().fit(ml100k_prepared.split)
     floor = evaluate_ranking(pop, ml100k_prepared, mode="sampled")["metrics"]["HR@10"]
     assert sasrec > floor
+
+
+def test_gru4rec_is_causal_and_trains(ml100k_prepared: Prepared) -> None:
+    from fedllmrec.eval import evaluate_ranking
+    from fedllmrec.models.gru4rec import GRU4Rec, GRU4RecConfig
+    from fedllmrec.models.sequential import SequentialRecommender, SequentialTrainConfig
+
+    torch.manual_seed(0)
+    gru = GRU4Rec(GRU4RecConfig(n_items=1682, dim=32)).eval()
+    seq = torch.randint(1, 1683, (2, 15))
+    changed = seq.clone()
+    changed[:, 9:] = torch.randint(1, 1683, (2, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(gru(seq)[:, :9], gru(changed)[:, :9])
+    model = SequentialRecommender(
+        architecture="gru4rec", max_len=20, train=SequentialTrainConfig(epochs=3)
+    ).fit(ml100k_prepared.split)
+    assert model.losses[-1] < model.losses[0]
+    hr = evaluate_ranking(model, ml100k_prepared, mode="sampled")["metrics"]["HR@10"]
+    assert 0.2 < hr <= 1.0

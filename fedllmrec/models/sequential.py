@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Self
+from typing import Literal, Self
 
 import numpy as np
 import torch
@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from fedllmrec.data.sequences import left_pad, observed_sequences, user_sequences
 from fedllmrec.data.split import TRAIN, Split, UserItemSet
+from fedllmrec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from fedllmrec.models.sasrec import PAD, SASRec, SASRecConfig
 
 
@@ -26,20 +27,21 @@ class SequentialTrainConfig:
 
 
 @dataclass
-class SASRecRecommender:
-    """SASRec trained on each user's chronological training items.
+class SequentialRecommender:
+    """A sequential model (SASRec or GRU4Rec) trained on users' chronological training items.
 
     Every position of a training sequence predicts the next item, with a softmax
     over all items (no sampled negatives, so no negative can leak).
     """
 
+    architecture: Literal["sasrec", "gru4rec"] = "sasrec"
     max_len: int = 50
     dim: int = 64
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.2
     train: SequentialTrainConfig = field(default_factory=SequentialTrainConfig)
-    model: SASRec | None = None
+    model: SASRec | GRU4Rec | None = None
     split: Split | None = None
     losses: list[float] = field(default_factory=list)
     _rng: np.random.Generator = field(default_factory=np.random.default_rng, repr=False)
@@ -53,10 +55,7 @@ class SASRecRecommender:
         self._rng = np.random.default_rng(cfg.seed)
         self.split = split
         self.losses = []
-        n_items = split.dataset.n_items
-        self.model = SASRec(
-            SASRecConfig(n_items, self.max_len, self.dim, self.n_layers, self.n_heads, self.dropout)
-        )
+        self.model = self._build(split.dataset.n_items)
         # One extra step of history: inputs are items [:-1], targets items [1:].
         seqs = left_pad(user_sequences(split, split.role == TRAIN), self.max_len + 1)
         self._data = torch.from_numpy(seqs[(seqs != PAD).sum(axis=1) >= 2])
@@ -64,6 +63,17 @@ class SASRecRecommender:
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
         return self.resume(cfg.epochs)
+
+    def _build(self, n_items: int) -> SASRec | GRU4Rec:
+        if self.architecture == "sasrec":
+            return SASRec(
+                SASRecConfig(
+                    n_items, self.max_len, self.dim, self.n_layers, self.n_heads, self.dropout
+                )
+            )
+        if self.architecture == "gru4rec":
+            return GRU4Rec(GRU4RecConfig(n_items, self.dim, self.n_layers, self.dropout))
+        raise ValueError(f"unknown architecture {self.architecture!r}")
 
     def resume(self, epochs: int) -> Self:
         """Train ``epochs`` more epochs, continuing the optimiser and data order."""

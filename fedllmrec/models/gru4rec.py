@@ -1,0 +1,45 @@
+"""GRU4Rec: recurrent session/sequential recommendation (Hidasi et al., 2016).
+
+The second sequential baseline: a GRU over item embeddings, scored like SASRec
+by inner products with the shared item embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedllmrec.models.sasrec import PAD
+
+
+@dataclass
+class GRU4RecConfig:
+    """Hyper-parameters of :class:`GRU4Rec`."""
+
+    n_items: int
+    dim: int = 64
+    n_layers: int = 1
+    dropout: float = 0.2
+
+
+class GRU4Rec(nn.Module):
+    """Sequence of item indices (left-padded with 0) -> a state per position."""
+
+    def __init__(self, config: GRU4RecConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.item_emb = nn.Embedding(config.n_items + 1, config.dim, padding_idx=PAD)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[PAD].zero_()
+        self.dropout = nn.Dropout(config.dropout)
+        self.gru = nn.GRU(config.dim, config.dim, config.n_layers, batch_first=True)
+        self.out = nn.Linear(config.dim, config.dim)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """States (B, T, D); left padding means every real item follows the pads."""
+        x = self.dropout(self.item_emb(seq))  # (B, T, D)
+        h, _ = self.gru(x)  # (B, T, D); causal by construction
+        return self.out(h)
