@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,25 @@ def timed(fn):  # type: ignore[no-untyped-def]
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
+
+
+def alternate(
+    texts: list[str], chunk: int, methods: list[Callable[[list[str]], np.ndarray]]
+) -> list[tuple[np.ndarray, float]]:
+    """Run every method on every chunk, alternating which goes first.
+
+    Other load on the machine then hits all methods alike. Returns, per method,
+    its vectors for all texts and its total seconds.
+    """
+    parts: list[list[np.ndarray]] = [[] for _ in methods]
+    seconds = [0.0] * len(methods)
+    for i, lo in enumerate(range(0, len(texts), chunk)):
+        order = list(range(len(methods)))
+        for m in order if i % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            parts[m].append(methods[m](texts[lo : lo + chunk]))
+            seconds[m] += time.perf_counter() - start
+    return [(np.concatenate(p), s) for p, s in zip(parts, seconds, strict=True)]
 
 
 def main() -> None:
@@ -57,23 +77,11 @@ def main() -> None:
     _, load_seconds = timed(lambda: encoder.model)
     plain_model = SentenceTransformer(str(encoder.model_path), device="cpu")
 
-    # Methods alternate chunk by chunk (and which goes first), so that load from
-    # anything else on the machine hits all of them alike.
-    plain_parts, cold_parts = [], []
-    plain_s = cold_s = 0.0
-    for i, lo in enumerate(range(0, n, args.chunk)):
-        chunk = texts[lo : lo + args.chunk]
-        runs = [("plain", lambda c=chunk: plain_model.encode(c, convert_to_numpy=True)),
-                ("cold", lambda c=chunk: encoder.encode(c))]  # fmt: skip
-        for name, fn in runs if i % 2 == 0 else runs[::-1]:
-            out, seconds = timed(fn)
-            if name == "plain":
-                plain_parts.append(out)
-                plain_s += seconds
-            else:
-                cold_parts.append(out)
-                cold_s += seconds
-    plain, cold = np.concatenate(plain_parts), np.concatenate(cold_parts)
+    (plain, plain_s), (cold, cold_s) = alternate(
+        texts,
+        args.chunk,
+        [lambda c: plain_model.encode(c, convert_to_numpy=True), encoder.encode],
+    )
     warm_encoder = ItemEncoder(EncoderConfig(progress=False))
     warm, warm_s = timed(lambda: warm_encoder.encode(texts))
     assert warm_encoder._model is None, "a warm run must not load the model"
@@ -84,19 +92,9 @@ def main() -> None:
     subset = texts[: args.bf16_subset]
     bf16_encoder = ItemEncoder(EncoderConfig(dtype="bfloat16", progress=False))
     bf16_encoder.model  # noqa: B018 - load outside the timing
-    fp32_parts, bf16_parts = [], []
-    fp32_sub_s = bf16_sub_s = 0.0
-    for i, lo in enumerate(range(0, len(subset), 250)):
-        chunk = subset[lo : lo + 250]
-        order = [(encoder, fp32_parts), (bf16_encoder, bf16_parts)]
-        for enc, parts in order if i % 2 == 0 else order[::-1]:
-            out, seconds = timed(lambda e=enc, c=chunk: e.encode_uncached(c))
-            parts.append(out)
-            if enc is encoder:
-                fp32_sub_s += seconds
-            else:
-                bf16_sub_s += seconds
-    fp32_sub, bf16_sub = np.concatenate(fp32_parts), np.concatenate(bf16_parts)
+    (fp32_sub, fp32_sub_s), (bf16_sub, bf16_sub_s) = alternate(
+        subset, 250, [encoder.encode_uncached, bf16_encoder.encode_uncached]
+    )
     bf16_agreement = float((fp32_sub * bf16_sub).sum(axis=1).min())
 
     rows = {

@@ -30,6 +30,7 @@ from typing import Any, get_args
 import numpy as np
 import pyarrow.parquet as pq
 
+from fedllmrec.data.reader import parse_float, parse_int_from_float, read_text
 from fedllmrec.data.schema import LabelKind, RecDataset, TimeUnit, build_dataset
 from fedllmrec.errors import DataFormatError
 
@@ -57,20 +58,8 @@ def _read_table(path: Path, required: tuple[str, ...], encoding: str) -> dict[st
         # Parquet has no lines; the 1-based data row is the closest thing.
         columns["_line"] = list(range(1, table.num_rows + 1))
     else:
-        # Decode the whole file at once: a streaming decoder reports offsets within its
-        # current chunk, which would name the wrong line and byte.
-        raw = path.read_bytes()
-        try:
-            text = raw.decode(encoding)
-            # Spreadsheet exports often start with a byte-order mark; it is not a header character.
-            text = text.removeprefix("\ufeff")
-        except UnicodeDecodeError as err:
-            line = raw.count(b"\n", 0, err.start) + 1
-            raise DataFormatError(
-                path, f"byte 0x{raw[err.start]:02x} is not valid {encoding} text", line=line
-            ) from None
-        except LookupError:
-            raise DataFormatError(path, f"unknown encoding {encoding!r}") from None
+        # Spreadsheet exports often start with a byte-order mark; it is not a header character.
+        text = read_text(path, encoding).removeprefix("\ufeff")
         reader = csv.reader(io.StringIO(text, newline=""))
         rows: list[list[str]] = []
         starts: list[int] = []  # 1-based first line of each row (quoted fields may span lines)
@@ -115,18 +104,12 @@ def _read_table(path: Path, required: tuple[str, ...], encoding: str) -> dict[st
 def _as_numbers(
     path: Path, column: list[Any], lines: list[int], field: str, kind: type
 ) -> np.ndarray:
-    out: list[float] = []
+    # The strict parsers of the raw-format reader: whole numbers may be written "3.0".
+    parse = parse_int_from_float if kind is int else parse_float
+    out = []
     for value, line in zip(column, lines, strict=True):
         try:
-            number = float(value)
-            if kind is int:
-                if number != int(number):
-                    raise ValueError
-                out.append(float(int(number)))
-            else:
-                if number != number:  # NaN
-                    raise ValueError
-                out.append(number)
+            out.append(parse(value))
         except (TypeError, ValueError):
             expected = "an integer" if kind is int else "a number"
             raise DataFormatError(

@@ -23,7 +23,7 @@ def _to_int(text: str) -> int:
     return int(text)
 
 
-def _to_int_from_float(text: str) -> int:
+def parse_int_from_float(text: str) -> int:
     # KuaiSAR writes millisecond timestamps as "1685336204570.0".
     value = float(text)
     if not math.isfinite(value) or value != int(value):
@@ -31,7 +31,7 @@ def _to_int_from_float(text: str) -> int:
     return int(value)
 
 
-def _to_float(text: str) -> float:
+def parse_float(text: str) -> float:
     value = float(text)
     if math.isnan(value):
         raise ValueError("NaN is not allowed")
@@ -44,8 +44,8 @@ def _to_str(text: str) -> str:
 
 _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
     "int": (_to_int, "an integer"),
-    "int_from_float": (_to_int_from_float, "a whole number"),
-    "float": (_to_float, "a number"),
+    "int_from_float": (parse_int_from_float, "a whole number"),
+    "float": (parse_float, "a number"),
     "str": (_to_str, "text"),
 }
 _DTYPES = {"int": np.int64, "int_from_float": np.int64, "float": np.float64, "str": object}
@@ -70,24 +70,32 @@ class Field:
     required: bool = True
 
 
-def read_lines(path: str | Path, encoding: str = "utf-8") -> list[str]:
-    """Read a text file into lines, naming the first line that is not ``encoding`` text."""
+def read_text(path: str | Path, encoding: str = "utf-8", hint: str = "") -> str:
+    """Decode a whole text file, naming the line of the first byte that is not ``encoding``.
+
+    The file is decoded at once: a streaming decoder reports offsets within its current
+    chunk, which would name the wrong line and byte. ``hint`` is appended to that error.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(path, "file not found")
     raw = path.read_bytes()
     try:
-        text = raw.decode(encoding)
+        return raw.decode(encoding)
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         raise DataFormatError(
             path,
-            f"byte 0x{raw[err.start]:02x} is not valid {encoding} text "
-            "(pass the file's encoding, e.g. encoding='latin-1')",
+            f"byte 0x{raw[err.start]:02x} is not valid {encoding} text{hint}",
             line=line,
         ) from None
     except LookupError:
         raise DataFormatError(path, f"unknown encoding {encoding!r}") from None
+
+
+def read_lines(path: str | Path, encoding: str = "utf-8") -> list[str]:
+    """Read a text file into lines, naming the first line that is not ``encoding`` text."""
+    text = read_text(path, encoding, hint=" (pass the file's encoding, e.g. encoding='latin-1')")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()

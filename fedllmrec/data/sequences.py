@@ -7,6 +7,11 @@ import numpy as np
 from fedllmrec.data.split import Split, UserItemSet
 
 
+def _user_bounds(split: Split, users: np.ndarray) -> np.ndarray:
+    """Start of each user's block of rows (and the end of the last), for sorted ``users``."""
+    return np.searchsorted(users, np.arange(split.dataset.n_users + 1))
+
+
 def user_sequences(split: Split, keep: np.ndarray | None = None) -> list[np.ndarray]:
     """Per user, the items of the kept interactions in canonical order.
 
@@ -16,14 +21,14 @@ def user_sequences(split: Split, keep: np.ndarray | None = None) -> list[np.ndar
     ds = split.dataset
     mask = np.ones(ds.n_interactions, dtype=bool) if keep is None else keep
     users, items = ds.user[mask], ds.item[mask]
-    bounds = np.searchsorted(users, np.arange(ds.n_users + 1))
+    bounds = _user_bounds(split, users)
     return [items[bounds[u] : bounds[u + 1]] for u in range(ds.n_users)]
 
 
 def observed_sequences(split: Split, history: UserItemSet, users: np.ndarray) -> list[np.ndarray]:
     """Each user's interactions that are in ``history``, in canonical order."""
     ds = split.dataset
-    bounds = np.searchsorted(ds.user, np.arange(ds.n_users + 1))
+    bounds = _user_bounds(split, ds.user)
     out = []
     for user in users.tolist():
         items = ds.item[bounds[user] : bounds[user + 1]]
