@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 import torch
@@ -50,6 +50,10 @@ class SequentialRecommender:
 
     def fit(self, split: Split) -> Self:
         """Build a fresh model and train it for ``train.epochs`` epochs."""
+        return self.setup(split).resume(self.train.epochs)
+
+    def setup(self, split: Split) -> Self:
+        """Build a fresh, seeded model, its optimiser and training sequences (no training)."""
         cfg = self.train
         torch.manual_seed(cfg.seed)
         self._rng = np.random.default_rng(cfg.seed)
@@ -62,7 +66,7 @@ class SequentialRecommender:
         self._optim = torch.optim.Adam(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
-        return self.resume(cfg.epochs)
+        return self
 
     def _build(self, n_items: int) -> SASRec | GRU4Rec:
         if self.architecture == "sasrec":
@@ -77,28 +81,55 @@ class SequentialRecommender:
 
     def resume(self, epochs: int) -> Self:
         """Train ``epochs`` more epochs, continuing the optimiser and data order."""
+        for _ in range(epochs):
+            self.train_epoch()
+        return self
+
+    def train_epoch(self) -> float:
+        """One pass over the training sequences; returns the mean per-target loss."""
         if self.model is None or self._optim is None:
-            raise RuntimeError("call fit() before resume()")
+            raise RuntimeError("call fit() or setup() first")
         data, optim, batch_size = self._data, self._optim, self.train.batch_size
         self.model.train()
-        for _ in range(epochs):
-            order = torch.from_numpy(self._rng.permutation(data.shape[0]))
-            total, count = 0.0, 0
-            for lo in range(0, data.shape[0], batch_size):
-                batch = data[order[lo : lo + batch_size]]
-                inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T)
-                states = self.model(inputs)  # (B, T, D)
-                logits = states @ self.model.item_emb.weight[1:].T  # (B, T, I)
-                mask = (targets != PAD) & (inputs != PAD)
-                loss = F.cross_entropy(logits[mask], targets[mask] - 1)
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                total += float(loss.detach()) * int(mask.sum())
-                count += int(mask.sum())
-            self.losses.append(total / max(count, 1))
+        order = torch.from_numpy(self._rng.permutation(data.shape[0]))
+        total, count = 0.0, 0
+        for lo in range(0, data.shape[0], batch_size):
+            batch = data[order[lo : lo + batch_size]]
+            inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T)
+            states = self.model(inputs)  # (B, T, D)
+            logits = states @ self.model.item_emb.weight[1:].T  # (B, T, I)
+            mask = (targets != PAD) & (inputs != PAD)
+            loss = F.cross_entropy(logits[mask], targets[mask] - 1)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            total += float(loss.detach()) * int(mask.sum())
+            count += int(mask.sum())
         self.model.eval()
-        return self
+        self.losses.append(total / max(count, 1))
+        return self.losses[-1]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training bit-for-bit: weights, optimiser, RNGs."""
+        if self.model is None or self._optim is None:
+            raise RuntimeError("call fit() or setup() first")
+        return {
+            "model": self.model.state_dict(),
+            "optim": self._optim.state_dict(),
+            "numpy_rng": self._rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "losses": list(self.losses),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` into a model built by :meth:`setup` on the same split."""
+        if self.model is None or self._optim is None:
+            raise RuntimeError("call setup() before load_state_dict()")
+        self.model.load_state_dict(state["model"])
+        self._optim.load_state_dict(state["optim"])
+        self._rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self.losses = list(state["losses"])
 
     @torch.no_grad()
     def score(self, users: np.ndarray, items: np.ndarray, history: UserItemSet) -> np.ndarray:
