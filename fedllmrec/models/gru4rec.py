@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedllmrec.models.sasrec import PAD
+from fedllmrec.models.items import ItemEmbedding, ItemEmbeddingConfig
 
 
 @dataclass
@@ -27,19 +27,16 @@ class GRU4RecConfig:
 class GRU4Rec(nn.Module):
     """Sequence of item indices (left-padded with 0) -> a state per position."""
 
-    def __init__(self, config: GRU4RecConfig) -> None:
+    def __init__(self, config: GRU4RecConfig, items: ItemEmbedding | None = None) -> None:
         super().__init__()
         self.config = config
-        self.item_emb = nn.Embedding(config.n_items + 1, config.dim, padding_idx=PAD)
-        nn.init.normal_(self.item_emb.weight, std=0.02)
-        with torch.no_grad():
-            self.item_emb.weight[PAD].zero_()
+        self.items = items or ItemEmbedding(ItemEmbeddingConfig(config.n_items, config.dim))
         self.dropout = nn.Dropout(config.dropout)
         self.gru = nn.GRU(config.dim, config.dim, config.n_layers, batch_first=True)
         self.out = nn.Linear(config.dim, config.dim)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """States (B, T, D); left padding means every real item follows the pads."""
-        x = self.dropout(self.item_emb(seq))  # (B, T, D)
+        x = self.dropout(self.items(seq))  # (B, T, D)
         h, _ = self.gru(x)  # (B, T, D); causal by construction
         return self.out(h)

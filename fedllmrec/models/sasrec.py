@@ -16,7 +16,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-PAD = 0  # item index 0 is padding; real item ``i`` is stored as ``i + 1``
+from fedllmrec.models.items import PAD, ItemEmbedding, ItemEmbeddingConfig
+
+__all__ = ["PAD", "SASRec", "SASRecConfig"]  # PAD: item 0 is padding, item i is stored as i + 1
 
 
 @dataclass
@@ -92,15 +94,15 @@ class Block(nn.Module):
 class SASRec(nn.Module):
     """Sequence of item indices (left-padded with 0) -> a state per position."""
 
-    def __init__(self, config: SASRecConfig) -> None:
+    def __init__(self, config: SASRecConfig, items: ItemEmbedding | None = None) -> None:
         super().__init__()
         self.config = config
-        self.item_emb = nn.Embedding(config.n_items + 1, config.dim, padding_idx=PAD)
         self.pos_emb = nn.Embedding(config.max_len, config.dim)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_out = nn.LayerNorm(config.dim)
         self.apply(self._init)
+        self.items = items or ItemEmbedding(ItemEmbeddingConfig(config.n_items, config.dim))
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -116,7 +118,7 @@ class SASRec(nn.Module):
             raise ValueError(f"sequence length {t} exceeds max_len {self.config.max_len}")
         pad_mask = seq != PAD  # (B, T)
         pos = torch.arange(t, device=seq.device)
-        x = self.item_emb(seq) * math.sqrt(self.config.dim) + self.pos_emb(pos)[None]
+        x = self.items(seq) * math.sqrt(self.config.dim) + self.pos_emb(pos)[None]
         x = self.dropout(x) * pad_mask[..., None]
         for block in self.blocks:
             x = block(x, pad_mask)
@@ -124,7 +126,7 @@ class SASRec(nn.Module):
 
     def score(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Inner products of states (B, D) with candidate items (B, C) or all items (C,)."""
-        emb = self.item_emb(items)  # (B, C, D) or (C, D)
+        emb = self.items(items)  # (B, C, D) or (C, D)
         if emb.dim() == 2:
             return state @ emb.T  # (B, C)
         return torch.einsum("bd,bcd->bc", state, emb)

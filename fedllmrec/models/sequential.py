@@ -1,7 +1,8 @@
-"""Sequential recommenders behind the common ``fit`` / ``score`` interface."""
+"""Sequential recommenders (SASRec, GRU4Rec, MRFF) behind the ``fit`` / ``score`` interface."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
@@ -12,12 +13,22 @@ from torch.nn import functional as F
 from fedllmrec.data.sequences import left_pad, observed_sequences, user_sequences
 from fedllmrec.data.split import TRAIN, Split, UserItemSet
 from fedllmrec.models.gru4rec import GRU4Rec, GRU4RecConfig
+from fedllmrec.models.items import (
+    ItemEmbedding,
+    ItemEmbeddingConfig,
+    ItemSource,
+    categorical_matrix,
+    item_inputs,
+)
+from fedllmrec.models.mrff import MRFF, GateMode, MRFFConfig, balance_loss
 from fedllmrec.models.sasrec import PAD, SASRec, SASRecConfig
+
+Architecture = Literal["sasrec", "gru4rec", "mrff"]
 
 
 @dataclass
 class SequentialTrainConfig:
-    """How :class:`SASRecRecommender` trains: all-position next-item cross-entropy."""
+    """How :class:`SequentialRecommender` trains: all-position next-item cross-entropy."""
 
     epochs: int = 30
     batch_size: int = 128
@@ -28,25 +39,37 @@ class SequentialTrainConfig:
 
 @dataclass
 class SequentialRecommender:
-    """A sequential model (SASRec or GRU4Rec) trained on users' chronological training items.
+    """A sequential model trained on users' chronological training items.
 
     Every position of a training sequence predicts the next item, with a softmax
-    over all items (no sampled negatives, so no negative can leak).
+    over all items (no sampled negatives, so no negative can leak). Items are
+    represented by ID, frozen text through a learned projection, or both
+    (``item_source``); MRFF adds group-gated layers and private user state.
     """
 
-    architecture: Literal["sasrec", "gru4rec"] = "sasrec"
+    architecture: Architecture = "sasrec"
     max_len: int = 50
     dim: int = 64
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.2
+    item_source: ItemSource = "id"
+    item_features: Sequence[str] = ()
+    # MRFF only
+    n_groups: int = 4
+    gate: GateMode = "weighted"
+    user_hidden: int = 16
+    balance_alpha: float = 0.1
+    user_features: Sequence[str] = ()
     train: SequentialTrainConfig = field(default_factory=SequentialTrainConfig)
-    model: SASRec | GRU4Rec | None = None
+    text_embeddings: np.ndarray | None = field(default=None, repr=False)
+    model: SASRec | GRU4Rec | MRFF | None = None
     split: Split | None = None
     losses: list[float] = field(default_factory=list)
     _rng: np.random.Generator = field(default_factory=np.random.default_rng, repr=False)
     _data: torch.Tensor = field(default_factory=lambda: torch.empty(0), repr=False)
-    _optim: torch.optim.Optimizer | None = field(default=None, repr=False)
+    _users: torch.Tensor = field(default_factory=lambda: torch.empty(0), repr=False)
+    _optims: list[torch.optim.Optimizer] = field(default_factory=list, repr=False)
 
     def fit(self, split: Split) -> Self:
         """Build a fresh model and train it for ``train.epochs`` epochs."""
@@ -59,25 +82,66 @@ class SequentialRecommender:
         self._rng = np.random.default_rng(cfg.seed)
         self.split = split
         self.losses = []
-        self.model = self._build(split.dataset.n_items)
+        self.model = self._build(split)
         # One extra step of history: inputs are items [:-1], targets items [1:].
         seqs = left_pad(user_sequences(split, split.role == TRAIN), self.max_len + 1)
-        self._data = torch.from_numpy(seqs[(seqs != PAD).sum(axis=1) >= 2])
-        self._optim = torch.optim.Adam(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
+        keep = (seqs != PAD).sum(axis=1) >= 2
+        self._data = torch.from_numpy(seqs[keep])
+        self._users = torch.from_numpy(np.flatnonzero(keep))
+        # Private per-user rows are sparse tables: each step updates only its users' rows.
+        params = list(self.model.parameters())
+        sparse = [p for n, p in self.model.named_parameters() if _is_sparse(self.model, n)]
+        dense = [p for p in params if all(p is not q for q in sparse)]
+        self._optims = [torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)]
+        if sparse:
+            self._optims.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
         return self
 
-    def _build(self, n_items: int) -> SASRec | GRU4Rec:
+    def _build(self, split: Split) -> SASRec | GRU4Rec | MRFF:
+        ds = split.dataset
+        inputs = item_inputs(ds, self.item_source, tuple(self.item_features), self.text_embeddings)
+        items = ItemEmbedding(
+            ItemEmbeddingConfig(
+                ds.n_items,
+                self.dim,
+                source=self.item_source,
+                feature_cardinalities=inputs.feature_cardinalities,
+                text_dropout=self.dropout,
+            ),
+            text=inputs.text,
+            features=inputs.features,
+        )
         if self.architecture == "sasrec":
-            return SASRec(
-                SASRecConfig(
-                    n_items, self.max_len, self.dim, self.n_layers, self.n_heads, self.dropout
-                )
+            config = SASRecConfig(
+                ds.n_items, self.max_len, self.dim, self.n_layers, self.n_heads, self.dropout
             )
+            return SASRec(config, items)
         if self.architecture == "gru4rec":
-            return GRU4Rec(GRU4RecConfig(n_items, self.dim, self.n_layers, self.dropout))
+            return GRU4Rec(GRU4RecConfig(ds.n_items, self.dim, self.n_layers, self.dropout), items)
+        if self.architecture == "mrff":
+            user_codes, cards = None, tuple[int, ...]()
+            if self.user_features:
+                codes, cards = categorical_matrix(
+                    ds.users, "user", tuple(self.user_features), ds.n_users
+                )
+                user_codes = torch.from_numpy(codes)
+            mrff = MRFFConfig(
+                ds.n_items, self.max_len, self.dim, self.n_layers, self.n_heads, self.dropout,
+                n_users=ds.n_users, n_groups=self.n_groups, gate=self.gate,
+                user_hidden=self.user_hidden, balance_alpha=self.balance_alpha,
+                user_feature_cardinalities=cards,
+            )  # fmt: skip
+            return MRFF(mrff, items, user_codes)
         raise ValueError(f"unknown architecture {self.architecture!r}")
+
+    def _encode(self, seqs: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """States (B, T, D) and the auxiliary loss (MRFF's balance loss; 0 otherwise)."""
+        assert self.model is not None
+        if isinstance(self.model, MRFF):
+            states, routing = self.model(seqs, users)
+            cfg = self.model.config
+            return states, balance_loss(routing, cfg.n_groups, cfg.balance_alpha)
+        return self.model(seqs), seqs.new_zeros((), dtype=torch.float32)
 
     def resume(self, epochs: int) -> Self:
         """Train ``epochs`` more epochs, continuing the optimiser and data order."""
@@ -87,23 +151,27 @@ class SequentialRecommender:
 
     def train_epoch(self) -> float:
         """One pass over the training sequences; returns the mean per-target loss."""
-        if self.model is None or self._optim is None:
+        if self.model is None or not self._optims:
             raise RuntimeError("call fit() or setup() first")
-        data, optim, batch_size = self._data, self._optim, self.train.batch_size
+        data, batch_size = self._data, self.train.batch_size
         self.model.train()
         order = torch.from_numpy(self._rng.permutation(data.shape[0]))
         total, count = 0.0, 0
         for lo in range(0, data.shape[0], batch_size):
-            batch = data[order[lo : lo + batch_size]]
+            rows = order[lo : lo + batch_size]
+            batch = data[rows]
             inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T)
-            states = self.model(inputs)  # (B, T, D)
-            logits = states @ self.model.item_emb.weight[1:].T  # (B, T, I)
+            states, aux = self._encode(inputs, self._users[rows])  # (B, T, D)
             mask = (targets != PAD) & (inputs != PAD)
-            loss = F.cross_entropy(logits[mask], targets[mask] - 1)
-            optim.zero_grad(set_to_none=True)
+            logits = states[mask] @ self.model.items.table()[1:].T  # (N, I)
+            task = F.cross_entropy(logits, targets[mask] - 1)
+            loss = task + aux
+            for optim in self._optims:
+                optim.zero_grad(set_to_none=True)
             loss.backward()
-            optim.step()
-            total += float(loss.detach()) * int(mask.sum())
+            for optim in self._optims:
+                optim.step()
+            total += float(task.detach()) * int(mask.sum())
             count += int(mask.sum())
         self.model.eval()
         self.losses.append(total / max(count, 1))
@@ -111,11 +179,11 @@ class SequentialRecommender:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue training bit-for-bit: weights, optimiser, RNGs."""
-        if self.model is None or self._optim is None:
+        if self.model is None or not self._optims:
             raise RuntimeError("call fit() or setup() first")
         return {
             "model": self.model.state_dict(),
-            "optim": self._optim.state_dict(),
+            "optims": [optim.state_dict() for optim in self._optims],
             "numpy_rng": self._rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "losses": list(self.losses),
@@ -123,10 +191,11 @@ class SequentialRecommender:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` into a model built by :meth:`setup` on the same split."""
-        if self.model is None or self._optim is None:
+        if self.model is None or not self._optims:
             raise RuntimeError("call setup() before load_state_dict()")
         self.model.load_state_dict(state["model"])
-        self._optim.load_state_dict(state["optim"])
+        for optim, optim_state in zip(self._optims, state["optims"], strict=True):
+            optim.load_state_dict(optim_state)
         self._rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
         self.losses = list(state["losses"])
@@ -136,7 +205,15 @@ class SequentialRecommender:
         if self.model is None or self.split is None:
             raise RuntimeError("call fit() before score()")
         seqs = left_pad(observed_sequences(self.split, history, users), self.max_len)
-        state = self.model(torch.from_numpy(seqs))[:, -1]  # (B, D)
-        emb = self.model.item_emb.weight[1:]  # (I, D)
+        users_t = torch.from_numpy(np.asarray(users, dtype=np.int64))
+        self.model.eval()
+        state = self._encode(torch.from_numpy(seqs), users_t)[0][:, -1]  # (B, D)
+        emb = self.model.items.table()[1:]  # (I, D)
         scores = (state @ emb.T).numpy()  # (B, I)
         return np.take_along_axis(scores, np.asarray(items, dtype=np.int64), axis=1)
+
+
+def _is_sparse(model: torch.nn.Module, name: str) -> bool:
+    """Whether parameter ``name`` belongs to a sparse-gradient embedding table."""
+    module = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    return isinstance(module, torch.nn.Embedding) and module.sparse

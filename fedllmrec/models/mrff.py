@@ -1,0 +1,265 @@
+"""MRFF: multifaceted user modeling with group-gated Transformer layers (Zhang et al., AAAI 2025).
+
+A SASRec-style stack in which each block's feed-forward part is replaced by
+
+* a **group gating network**: ``pi = softmax(W_g [mean of masked states ; e_u] + b_g)``
+  over K groups, hard top-1 ``k* = argmax pi`` with probability ``p = pi[k*]``;
+* K **group FFNs**, of which the routed one runs;
+* a **private user FFN**, one per user, beside it.
+
+Blocks route independently, so stacking them gives hierarchical grouping. A
+balance loss ``alpha * K * sum_l share_l[k*_l] * p_l`` keeps every group used.
+
+Deviations from the authors' released code (see docs/models.md), each a defect fixed:
+
+* the K group FFNs are independent tensors (the release repeats one module
+  object, so all groups share one set of weights);
+* ``gate="weighted"`` multiplies the group output by ``p`` so routing learns
+  from the task; ``gate="balance_only"`` reproduces the release, where the gate
+  is trained by the balance loss alone;
+* user features are looked up by user id (the release uses row position);
+* there are no parameter-name lists at all (the release splits them on ','
+  without stripping spaces, so most shared tensors never train).
+
+Two further choices make the model causal for all-position training: the gate
+at position t sees the mean of the states up to t (a prefix mean), so the last
+position's routing is exactly MRFF's per-user routing of the observed history,
+and the residual stream is kept around the feed-forward part (pre-norm, as in
+:mod:`fedllmrec.models.sasrec`).
+
+Private state of all users is stored as stacked rows (one row per user of a
+sparse embedding table), so a batch of many users runs in one pass and each
+user's optimiser step touches only that user's row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedllmrec.models.items import PAD, ItemEmbedding, ItemEmbeddingConfig
+from fedllmrec.models.sasrec import CausalSelfAttention, SASRecConfig
+
+GateMode = Literal["weighted", "balance_only"]
+
+
+@dataclass
+class MRFFConfig(SASRecConfig):
+    """SASRec's hyper-parameters plus MRFF's groups, gate and private user state."""
+
+    n_users: int = 0
+    n_groups: int = 4
+    gate: GateMode = "weighted"
+    user_hidden: int = 16  # hidden width of each private user FFN
+    balance_alpha: float = 0.1
+    user_feature_cardinalities: tuple[int, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class Routing:
+    """Each user's routing at every layer, read at the last (most recent) position."""
+
+    groups: torch.Tensor  # (L, B) chosen group k*
+    probs: torch.Tensor  # (L, B) its gate probability p (differentiable)
+
+
+def balance_loss(
+    routing: Routing, n_groups: int, alpha: float, load: torch.Tensor | None = None
+) -> torch.Tensor:
+    """MRFF's balance loss, averaged over the users of a batch.
+
+    Parameters
+    ----------
+    routing : Routing
+        Chosen groups and their probabilities, (L, B) each.
+    n_groups, alpha : int, float
+        K and the loss weight.
+    load : torch.Tensor, optional
+        (L, K) share of participants routed to each group. In federated rounds
+        this comes from the previous round's routing counts; by default the
+        batch's own routing is used (a constant: no gradient flows through it).
+
+    Returns
+    -------
+    torch.Tensor
+        ``alpha * K * mean_b sum_l load[l, k*_lb] * p_lb``.
+    """
+    groups, probs = routing.groups, routing.probs
+    if load is None:
+        counts = F.one_hot(groups, n_groups).sum(dim=1).to(probs.dtype)  # (L, K)
+        load = counts / groups.shape[1]
+    chosen_load = load.detach().gather(1, groups)  # (L, B)
+    return alpha * n_groups * (chosen_load * probs).sum(dim=0).mean()
+
+
+class GroupFFN(nn.Module):
+    """K independent feed-forward networks stored as stacked tensors (K, D, H)."""
+
+    def __init__(self, config: MRFFConfig) -> None:
+        super().__init__()
+        k, d, h = config.n_groups, config.dim, config.ffn_mult * config.dim
+        # Each group is drawn independently: the release's groups were one shared module.
+        self.w1 = nn.Parameter(torch.randn(k, d, h) * 0.02)
+        self.b1 = nn.Parameter(torch.zeros(k, h))
+        self.w2 = nn.Parameter(torch.randn(k, h, d) * 0.02)
+        self.b2 = nn.Parameter(torch.zeros(k, d))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, z: torch.Tensor, groups: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Output of group ``groups[b, t]`` at each real position: z (B, T, D) -> (B, T, D).
+
+        Each group runs only on the positions routed to it (padding is skipped),
+        so K groups cost one FFN, not K.
+        """
+        flat = z.reshape(-1, z.shape[-1])  # (N, D)
+        routed = torch.where(mask.reshape(-1), groups.reshape(-1), -1)  # (N,)
+        out = torch.zeros_like(flat)
+        for k in range(self.w1.shape[0]):
+            index = (routed == k).nonzero().squeeze(1)
+            if index.numel():
+                h = F.relu(flat[index] @ self.w1[k] + self.b1[k])  # (n_k, H)
+                out = out.index_add(0, index, self.dropout(h) @ self.w2[k] + self.b2[k])
+        return out.reshape(z.shape)
+
+
+class UserFFN(nn.Module):
+    """One private FFN per user, each user's weights packed into one row of a sparse table."""
+
+    def __init__(self, config: MRFFConfig) -> None:
+        super().__init__()
+        d, h = config.dim, config.user_hidden
+        self.shapes = {"w1": (d, h), "b1": (h,), "w2": (h, d), "b2": (d,)}
+        width = sum(math.prod(s) for s in self.shapes.values())
+        self.rows = nn.Embedding(config.n_users, width, sparse=True)
+        with torch.no_grad():
+            self.rows.weight.zero_()
+            offset = 0
+            for name, shape in self.shapes.items():
+                size = math.prod(shape)
+                if name.startswith("w"):
+                    self.rows.weight[:, offset : offset + size].normal_(std=0.02)
+                offset += size
+        self.dropout = nn.Dropout(config.dropout)
+
+    def unpack(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-user weights of ``users`` (B,): w1 (B, D, H), b1 (B, H), w2 (B, H, D), b2 (B, D)."""
+        flat = self.rows(users)  # (B, P)
+        out, offset = {}, 0
+        for name, shape in self.shapes.items():
+            size = math.prod(shape)
+            out[name] = flat[:, offset : offset + size].reshape(-1, *shape)
+            offset += size
+        return out
+
+    def forward(self, z: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        w = self.unpack(users)
+        h = F.relu(torch.einsum("btd,bdh->bth", z, w["w1"]) + w["b1"][:, None])  # (B, T, H)
+        return torch.einsum("bth,bhd->btd", self.dropout(h), w["w2"]) + w["b2"][:, None]
+
+
+class MRFFBlock(nn.Module):
+    """Causal attention, then the gated group FFN plus the user's private FFN."""
+
+    def __init__(self, config: MRFFConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.ln_att = nn.LayerNorm(config.dim)
+        self.att = CausalSelfAttention(config)
+        self.ln_ffn = nn.LayerNorm(config.dim)
+        self.gate = nn.Linear(2 * config.dim, config.n_groups)
+        self.group_ffn = GroupFFN(config)
+        self.user_ffn = UserFFN(config)
+
+    def forward(
+        self, x: torch.Tensor, pad_mask: torch.Tensor, user_vec: torch.Tensor, users: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, D) -> (next x (B, T, D), groups (B, T), gate probabilities (B, T))."""
+        x = x + self.att(self.ln_att(x), pad_mask)
+        z = self.ln_ffn(x)  # (B, T, D)
+        m = pad_mask[..., None].to(z.dtype)  # (B, T, 1)
+        prefix_mean = (z * m).cumsum(1) / m.cumsum(1).clamp(min=1.0)  # (B, T, D)
+        gate_in = torch.cat([prefix_mean, user_vec[:, None].expand_as(z)], dim=-1)
+        probs, groups = F.softmax(self.gate(gate_in), dim=-1).max(dim=-1)  # (B, T)
+        group_out = self.group_ffn(z, groups, pad_mask)
+        if self.config.gate == "weighted":
+            group_out = group_out * probs[..., None]
+        x = x + group_out + self.user_ffn(z, users)
+        return x * m, groups, probs
+
+
+class MRFF(nn.Module):
+    """Item sequences (B, T) of users (B,) -> states (B, T, D) and each user's routing."""
+
+    user_features: torch.Tensor  # (n_users, F) codes, row = user id
+
+    def __init__(
+        self,
+        config: MRFFConfig,
+        items: ItemEmbedding | None = None,
+        user_features: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if config.n_users <= 0:
+            raise ValueError("MRFF needs n_users (one private state per user)")
+        if config.gate not in ("weighted", "balance_only"):
+            raise ValueError(f"gate must be 'weighted' or 'balance_only', not {config.gate!r}")
+        self.config = config
+        self.pos_emb = nn.Embedding(config.max_len, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(MRFFBlock(config) for _ in range(config.n_layers))
+        self.ln_out = nn.LayerNorm(config.dim)
+        # Shared embeddings of the users' categorical features, looked up by user id.
+        self.user_feature_embs = nn.ModuleList(
+            nn.Embedding(c, config.dim) for c in config.user_feature_cardinalities
+        )
+        self.apply(self._init)
+        self.user_emb = nn.Embedding(config.n_users, config.dim, sparse=True)  # private
+        nn.init.normal_(self.user_emb.weight, std=0.02)
+        if config.user_feature_cardinalities:
+            shape = (config.n_users, len(config.user_feature_cardinalities))
+            if user_features is None or tuple(user_features.shape) != shape:
+                raise ValueError(f"user features must be an integer tensor of shape {shape}")
+            self.register_buffer("user_features", user_features.long())
+        self.items = items or ItemEmbedding(ItemEmbeddingConfig(config.n_items, config.dim))
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def user_vector(self, users: torch.Tensor) -> torch.Tensor:
+        """e_u: the private user embedding plus the user's feature embeddings, (B, D)."""
+        vec = self.user_emb(users)
+        for f, emb in enumerate(self.user_feature_embs):
+            vec = vec + emb(self.user_features[users, f])
+        return vec
+
+    def forward(self, seq: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+        t = seq.shape[1]  # (B, T)
+        if t > self.config.max_len:
+            raise ValueError(f"sequence length {t} exceeds max_len {self.config.max_len}")
+        pad_mask = seq != PAD  # (B, T)
+        pos = torch.arange(t, device=seq.device)
+        x = self.items(seq) * math.sqrt(self.config.dim) + self.pos_emb(pos)[None]
+        x = self.dropout(x) * pad_mask[..., None]
+        user_vec = self.user_vector(users)  # (B, D)
+        groups, probs = [], []
+        for block in self.blocks:
+            x, g, p = block(x, pad_mask, user_vec, users)
+            groups.append(g[:, -1])  # left padding: the last position is the newest item
+            probs.append(p[:, -1])
+        return self.ln_out(x), Routing(torch.stack(groups), torch.stack(probs))
+
+    def score(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Inner products of states (B, D) with candidate items (B, C) or all items (C,)."""
+        emb = self.items(items)
+        if emb.dim() == 2:
+            return state @ emb.T
+        return torch.einsum("bd,bcd->bc", state, emb)
