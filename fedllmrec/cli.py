@@ -202,6 +202,47 @@ def retrieve(
     console.print(table)
 
 
+@app.command("train")
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML file (see recipes/).")],
+    out: Annotated[Path, typer.Option(help="Run folder: checkpoints, metrics.json, curve.png.")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a recipe key, e.g. --set model.dim=32 (repeatable)."),
+    ] = None,
+    data_dir: DataDir = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    threads: Annotated[
+        int | None, typer.Option(help="torch CPU threads (default: torch's choice).")
+    ] = None,
+) -> None:
+    """Train a recipe, select on validation, score test; resumes a run found in --out."""
+    from rich.table import Table
+
+    from fedllmrec.train.recipe import load_recipe, run_recipe
+
+    loaded = load_recipe(recipe, overrides or [])
+    if threads is not None:
+        import torch
+
+        # On a shared CPU, fewer threads than cores avoids OpenMP spin-wait thrashing.
+        torch.set_num_threads(threads)
+    metrics = run_recipe(loaded, out, data_dir=data_dir, quiet=quiet, console=err_console)
+    table = Table(
+        title=f"{loaded.name}: epoch {metrics['best_epoch']} of {metrics['stopped_epoch']}"
+        if metrics["stopped_epoch"]
+        else f"{loaded.name}: fitted once",
+        caption=f"selected on valid {metrics['monitor']} ({metrics['mode']})",
+    )
+    for column in ("metric", "valid", "test"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, value in metrics["test"].items():
+        valid = metrics["valid"].get(name)
+        table.add_row(name, "-" if valid is None else f"{valid:.4f}", f"{value:.4f}")
+    console.print(table)
+    console.print(f"train {metrics['train_seconds']:.1f} s; wrote {out / 'metrics.json'}")
+
+
 @app.command("demo")
 def demo(data_dir: DataDir = None) -> None:
     """The main job on the embedded defaults: prepare ml-100k and evaluate the baselines."""

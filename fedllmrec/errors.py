@@ -35,3 +35,17 @@ class DataFormatError(FedLLMRecError, ValueError):
 
 class DatasetNotFoundError(FedLLMRecError, FileNotFoundError):
     """A dataset folder or file could not be found in any searched location."""
+
+
+class RecipeError(FedLLMRecError, ValueError):
+    """A bad training recipe, located by file and dotted key.
+
+    The message is one line: ``path: key 'model.dim': problem``.
+    """
+
+    def __init__(self, path: str | Path, problem: str, *, key: str | None = None) -> None:
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+        what = problem if key is None else f"key '{key}': {problem}"
+        super().__init__(f"{self.path}: {what}")

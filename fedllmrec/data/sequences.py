@@ -36,6 +36,28 @@ def observed_sequences(split: Split, history: UserItemSet, users: np.ndarray) ->
     return out
 
 
+def windows(sequences: list[np.ndarray], length: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Cut each sequence into windows of at most ``length`` items for all-position training.
+
+    Windows are taken from the end backwards and overlap by one item, so every
+    item after a sequence's first is a target exactly once (a window's first
+    item is only an input). Returns the windows and the index of the sequence
+    each came from; sequences shorter than two items give no window.
+    """
+    if length < 2:
+        raise ValueError("a training window needs at least two items")
+    out: list[np.ndarray] = []
+    owner: list[int] = []
+    for index, seq in enumerate(sequences):
+        end = seq.shape[0]
+        while end >= 2:
+            start = max(end - length, 0)
+            out.append(seq[start:end])
+            owner.append(index)
+            end = start + 1
+    return out, np.asarray(owner, dtype=np.int64)
+
+
 def left_pad(sequences: list[np.ndarray], max_len: int, offset: int = 1) -> np.ndarray:
     """The last ``max_len`` items of each sequence, left-padded with 0, items shifted by ``offset``.
 

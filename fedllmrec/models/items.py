@@ -29,7 +29,7 @@ from torch import nn
 
 from fedllmrec.data.schema import RecDataset
 
-ItemSource = Literal["id", "text", "id+text"]
+ItemSource = Literal["id", "text", "id+text", "none"]  # "none": categorical features only
 PAD = 0
 
 

@@ -241,13 +241,18 @@ class MRFF(nn.Module):
             vec = vec + emb(self.user_features[users, f])
         return vec
 
-    def forward(self, seq: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, Routing]:
+    def forward(
+        self, seq: torch.Tensor, users: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Routing]:
+        """States (B, T, D) and routing; ``extra`` (B, T, D) is added to the inputs."""
         t = seq.shape[1]  # (B, T)
         if t > self.config.max_len:
             raise ValueError(f"sequence length {t} exceeds max_len {self.config.max_len}")
         pad_mask = seq != PAD  # (B, T)
         pos = torch.arange(t, device=seq.device)
         x = self.items(seq) * math.sqrt(self.config.dim) + self.pos_emb(pos)[None]
+        if extra is not None:
+            x = x + extra
         x = self.dropout(x) * pad_mask[..., None]
         user_vec = self.user_vector(users)  # (B, D)
         groups, probs = [], []

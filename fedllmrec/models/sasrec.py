@@ -111,14 +111,19 @@ class SASRec(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """States (B, T, D) for item sequences ``seq`` (B, T); position t sees items <= t."""
+    def forward(self, seq: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """States (B, T, D) for item sequences ``seq`` (B, T); position t sees items <= t.
+
+        ``extra`` (B, T, D) is added to the input embeddings (e.g. past click labels).
+        """
         t = seq.shape[1]  # (B, T)
         if t > self.config.max_len:
             raise ValueError(f"sequence length {t} exceeds max_len {self.config.max_len}")
         pad_mask = seq != PAD  # (B, T)
         pos = torch.arange(t, device=seq.device)
         x = self.items(seq) * math.sqrt(self.config.dim) + self.pos_emb(pos)[None]
+        if extra is not None:
+            x = x + extra
         x = self.dropout(x) * pad_mask[..., None]
         for block in self.blocks:
             x = block(x, pad_mask)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from fedllmrec.data.sequences import left_pad, observed_sequences, user_sequences
+from fedllmrec.data.sequences import left_pad, observed_sequences, user_sequences, windows
 from fedllmrec.data.split import TRAIN, Split, UserItemSet
 from fedllmrec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from fedllmrec.models.items import (
@@ -83,19 +83,32 @@ class SequentialRecommender:
         self.split = split
         self.losses = []
         self.model = self._build(split)
-        # One extra step of history: inputs are items [:-1], targets items [1:].
-        seqs = left_pad(user_sequences(split, split.role == TRAIN), self.max_len + 1)
-        keep = (seqs != PAD).sum(axis=1) >= 2
-        self._data = torch.from_numpy(seqs[keep])
-        self._users = torch.from_numpy(np.flatnonzero(keep))
-        # Private per-user rows are sparse tables: each step updates only its users' rows.
-        params = list(self.model.parameters())
-        sparse = [p for n, p in self.model.named_parameters() if _is_sparse(self.model, n)]
-        dense = [p for p in params if all(p is not q for q in sparse)]
-        self._optims = [torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)]
-        if sparse:
-            self._optims.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
+        # Windows one item longer than max_len: inputs are items [:-1], targets items [1:].
+        chunks, owners = windows(user_sequences(split, split.role == TRAIN), self.max_len + 1)
+        self._data = torch.from_numpy(left_pad(chunks, self.max_len + 1))
+        self._users = torch.from_numpy(owners)
+        self._optims = self._make_optimizers()
         return self
+
+    def _trained_modules(self) -> dict[str, torch.nn.Module]:
+        """Every module whose parameters train (subclasses add heads)."""
+        assert self.model is not None
+        return {"model": self.model}
+
+    def _make_optimizers(self) -> list[torch.optim.Optimizer]:
+        # Private per-user rows are sparse tables: each step updates only its users' rows.
+        cfg = self.train
+        dense: list[torch.nn.Parameter] = []
+        sparse: list[torch.nn.Parameter] = []
+        for module in self._trained_modules().values():
+            for name, param in module.named_parameters():
+                (sparse if _is_sparse(module, name) else dense).append(param)
+        optims: list[torch.optim.Optimizer] = [
+            torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        ]
+        if sparse:
+            optims.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
+        return optims
 
     def _build(self, split: Split) -> SASRec | GRU4Rec | MRFF:
         ds = split.dataset
@@ -134,14 +147,21 @@ class SequentialRecommender:
             return MRFF(mrff, items, user_codes)
         raise ValueError(f"unknown architecture {self.architecture!r}")
 
-    def _encode(self, seqs: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(
+        self, seqs: torch.Tensor, users: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """States (B, T, D) and the auxiliary loss (MRFF's balance loss; 0 otherwise)."""
         assert self.model is not None
+        zero = torch.zeros(())
         if isinstance(self.model, MRFF):
-            states, routing = self.model(seqs, users)
+            states, routing = self.model(seqs, users, extra)
             cfg = self.model.config
             return states, balance_loss(routing, cfg.n_groups, cfg.balance_alpha)
-        return self.model(seqs), seqs.new_zeros((), dtype=torch.float32)
+        if isinstance(self.model, SASRec):
+            return self.model(seqs, extra), zero
+        if extra is not None:
+            raise ValueError(f"{self.architecture} takes no extra inputs")
+        return self.model(seqs), zero
 
     def resume(self, epochs: int) -> Self:
         """Train ``epochs`` more epochs, continuing the optimiser and data order."""
@@ -182,7 +202,7 @@ class SequentialRecommender:
         if self.model is None or not self._optims:
             raise RuntimeError("call fit() or setup() first")
         return {
-            "model": self.model.state_dict(),
+            **{name: m.state_dict() for name, m in self._trained_modules().items()},
             "optims": [optim.state_dict() for optim in self._optims],
             "numpy_rng": self._rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
@@ -193,7 +213,8 @@ class SequentialRecommender:
         """Restore a :meth:`state_dict` into a model built by :meth:`setup` on the same split."""
         if self.model is None or not self._optims:
             raise RuntimeError("call setup() before load_state_dict()")
-        self.model.load_state_dict(state["model"])
+        for name, module in self._trained_modules().items():
+            module.load_state_dict(state[name])
         for optim, optim_state in zip(self._optims, state["optims"], strict=True):
             optim.load_state_dict(optim_state)
         self._rng.bit_generator.state = state["numpy_rng"]

@@ -1,0 +1,107 @@
+"""Evaluators: a fitted model and a role in, flat ``{"name": value}`` metrics out.
+
+The trainer only needs flat metrics so one key (``monitor``) can select the
+best epoch whatever the task; ranking and click prediction differ only in the
+evaluator. New kinds are added to :data:`EVALUATORS`::
+
+    EVALUATORS["ctr"] = CTREvaluator  # called as CTREvaluator(prepared, **options)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import numpy as np
+
+from fedllmrec.data.prepare import SAMPLED_NEGATIVES, Prepared
+from fedllmrec.data.split import UserItemSet
+from fedllmrec.errors import FedLLMRecError
+from fedllmrec.eval.metrics import TiePolicy
+from fedllmrec.eval.ranking import Mode, evaluate_ranking
+from fedllmrec.models.base import Recommender
+
+# Metrics where smaller is better; a monitor on one of these defaults to mode "min".
+LOWER_IS_BETTER: set[str] = {"LogLoss", "loss"}
+
+
+class Scorer(Protocol):
+    """What evaluation needs of a model: scores of candidate items (see ``Recommender``)."""
+
+    def score(self, users: np.ndarray, items: np.ndarray, history: UserItemSet) -> np.ndarray: ...
+
+
+class Evaluator(Protocol):
+    """Scores ``model`` on the held-out interactions of ``role`` ("valid" or "test")."""
+
+    def __call__(self, model: Scorer, role: str) -> dict[str, float]: ...
+
+
+@dataclass
+class RankingEvaluator:
+    """Leave-one-out ranking metrics (:func:`fedllmrec.eval.evaluate_ranking`), flattened.
+
+    Keys are ``"{mode}/{metric}"`` (``"full/NDCG@10"``) and, when the dataset
+    has several domains, ``"{mode}/{domain}/{metric}"`` (``"full/arts/HR@10"``).
+
+    Parameters
+    ----------
+    prepared : Prepared
+        The split and its saved candidates.
+    modes : sequence of {"full", "sampled"}
+        Full ranking over the domain's items, and/or 1 + ``n_negatives`` sampled.
+    ks : sequence of int
+        Cut-offs of HR@k and NDCG@k.
+    """
+
+    prepared: Prepared
+    modes: Sequence[Mode] = ("full", "sampled")
+    ks: Sequence[int] = (10,)
+    n_negatives: int = SAMPLED_NEGATIVES
+    ties: TiePolicy = "expected"
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        for mode in self.modes:
+            if mode not in ("full", "sampled"):
+                raise ValueError(f"mode must be 'full' or 'sampled', not {mode!r}")
+
+    def __call__(self, model: Scorer, role: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for mode in self.modes:
+            result = evaluate_ranking(
+                cast(Recommender, model),  # it only calls score(); trained models need no fit()
+                self.prepared,
+                role=role,
+                mode=mode,
+                n_negatives=self.n_negatives,
+                ks=self.ks,
+                ties=self.ties,
+                batch_size=self.batch_size,
+            )
+            out.update({f"{mode}/{k}": float(v) for k, v in result["metrics"].items()})
+            for domain, metrics in result["domains"].items():
+                out.update({f"{mode}/{domain}/{k}": float(v) for k, v in metrics.items()})
+        return out
+
+    def metric_names(self) -> list[str]:
+        """Every key a call returns, known before any model is trained."""
+        per_mode = [name for k in self.ks for name in (f"HR@{k}", f"NDCG@{k}")] + ["MRR"]
+        domains = self.prepared.dataset.domains
+        scopes = [""] + ([f"{d}/" for d in domains] if len(domains) > 1 else [])
+        return [f"{m}/{s}{name}" for m in self.modes for s in scopes for name in per_mode]
+
+
+EvaluatorFactory = Callable[..., Evaluator]
+
+# kind -> factory called as ``factory(prepared, **options)``; options come from a recipe's [eval].
+EVALUATORS: dict[str, EvaluatorFactory] = {"ranking": RankingEvaluator}
+
+
+def build_evaluator(kind: str, prepared: Prepared, **options: Any) -> Evaluator:
+    """The evaluator registered as ``kind``, bound to ``prepared``."""
+    factory = EVALUATORS.get(kind)
+    if factory is None:
+        raise FedLLMRecError(f"unknown evaluator {kind!r}; known: {', '.join(EVALUATORS)}")
+    return factory(prepared, **options)

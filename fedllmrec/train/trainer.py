@@ -1,0 +1,464 @@
+"""The centralized trainer: epochs, validation, early stopping, checkpoints and resume.
+
+A run writes into one folder::
+
+    last.pt       model state + trainer state after the latest evaluation (resume point)
+    best.pt       model state at the best validation so far
+    metrics.json  best epoch, its validation and test metrics, per-epoch history, config
+    curve.png     train loss and the monitored validation metric against epochs
+
+Running again into a folder that holds ``last.pt`` resumes from it, and reaches
+exactly the metrics an uninterrupted run would: the model's state dict carries
+its optimiser and RNG states, and evaluations happen on a fixed epoch grid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as dt
+import json
+import math
+import os
+import platform
+import random
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, Self, runtime_checkable
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from fedllmrec.data.prepare import Prepared
+from fedllmrec.data.split import Split, UserItemSet
+from fedllmrec.errors import FedLLMRecError
+from fedllmrec.io import atomic_path, atomic_write_json
+from fedllmrec.models.base import Recommender
+from fedllmrec.train.evaluators import LOWER_IS_BETTER, Evaluator
+
+LAST, BEST, METRICS, CURVE = "last.pt", "best.pt", "metrics.json", "curve.png"
+
+# Keys of the run record that may change between an interrupted run and its resumption:
+# the epoch budget, where raw data lives, and how the recipe was spelled (file, --set list).
+RESUMABLE_CHANGES: tuple[str, ...] = (
+    "trainer.max_epochs",
+    "data.data_dir",
+    "recipe",
+    "overrides",
+)
+
+
+@runtime_checkable
+class Trainable(Protocol):
+    """A model trained epoch by epoch; the contract :class:`Trainer` relies on.
+
+    ``state_dict`` must hold everything needed to continue bit-for-bit (weights,
+    optimiser, RNG states, ``losses``), as tensors and plain Python containers
+    and scalars: checkpoints are read back with ``torch.load(weights_only=True)``.
+    """
+
+    losses: list[float]
+
+    def setup(self, split: Split) -> Self:
+        """Build a fresh, seeded model, optimiser and training data; no training."""
+        ...
+
+    def train_epoch(self) -> float:
+        """Train one epoch; return its mean loss."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def score(self, users: np.ndarray, items: np.ndarray, history: UserItemSet) -> np.ndarray: ...
+
+
+@dataclass
+class TrainerConfig:
+    """How long to train, when to evaluate, what to select on.
+
+    Parameters
+    ----------
+    max_epochs : int
+        Upper bound on training epochs.
+    eval_every : int
+        Validate after epochs ``eval_every``, ``2 * eval_every``, ...; only those
+        epochs can be selected as best.
+    patience : int
+        Stop after this many evaluations in a row without improvement (0: never).
+    monitor : str
+        Validation metric key that selects the best epoch, e.g. ``"full/NDCG@10"``.
+    mode : {"max", "min"}, optional
+        Whether larger monitor values are better; default "min" for loss-like
+        metrics (:data:`LOWER_IS_BETTER`), else "max".
+    seed : int
+        Seeds Python, numpy and torch before the model is set up.
+    checkpoint : bool
+        Write ``last.pt`` / ``best.pt`` and resume from ``last.pt``.
+    """
+
+    max_epochs: int = 200
+    eval_every: int = 1
+    patience: int = 5
+    monitor: str = "full/NDCG@10"
+    mode: Literal["max", "min"] | None = None
+    seed: int = 0
+    checkpoint: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 0:
+            raise ValueError(f"max_epochs must be >= 0, not {self.max_epochs}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, not {self.eval_every}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0, not {self.patience}")
+        if self.mode not in (None, "max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', not {self.mode!r}")
+
+    @property
+    def direction(self) -> Literal["max", "min"]:
+        """``mode``, or the one implied by the monitored metric's name."""
+        if self.mode is not None:
+            return self.mode
+        return "min" if self.monitor.rsplit("/", 1)[-1] in LOWER_IS_BETTER else "max"
+
+
+@dataclass
+class _State:
+    """The trainer's side of a checkpoint; plain data so it pickles as weights-only."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_value: float | None = None
+    best_valid: dict[str, float] = field(default_factory=dict)
+    bad_evals: int = 0
+    train_seconds: float = 0.0
+    early_stopped: bool = False
+
+
+class Trainer:
+    """Trains a :class:`Trainable` with validation-based selection and early stopping.
+
+    Models with only ``fit`` / ``score`` (popularity, item-kNN) are fitted once
+    and evaluated once; their metrics report epoch 0.
+
+    Parameters
+    ----------
+    config : TrainerConfig, optional
+        Epochs, evaluation schedule and selection.
+    quiet : bool
+        No progress bar and no per-evaluation lines.
+    console : rich.console.Console, optional
+        Where progress goes (default: a new stderr console).
+    """
+
+    def __init__(
+        self,
+        config: TrainerConfig | None = None,
+        *,
+        quiet: bool = False,
+        console: Console | None = None,
+    ) -> None:
+        self.config = config or TrainerConfig()
+        self.quiet = quiet
+        self.console = console or Console(stderr=True)
+
+    def run(
+        self,
+        model: Trainable | Recommender,
+        prepared: Prepared,
+        evaluator: Evaluator,
+        out_dir: str | Path,
+        *,
+        record: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Train, select on validation, score the best model on test; resume if possible.
+
+        Parameters
+        ----------
+        model : Trainable or Recommender
+            A model to train (its ``setup`` builds it afresh) or to ``fit`` once.
+        prepared : Prepared
+            The split and saved candidates.
+        evaluator : Evaluator
+            Returns flat metrics holding ``config.monitor`` for a role.
+        out_dir : path
+            Folder of checkpoints and results; a ``last.pt`` in it is resumed.
+        record : mapping, optional
+            The full configuration of the run (e.g. the recipe), stored in
+            ``metrics.json`` and checked on resume; default the trainer config.
+
+        Returns
+        -------
+        dict
+            What ``metrics.json`` holds.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        # JSON round trip: the record compares equal after a checkpoint round trip (tuples).
+        run_record = json.loads(json.dumps(dict(record or {"trainer": asdict(self.config)})))
+        _seed_everything(self.config.seed)
+        if not isinstance(model, Trainable):
+            return self._fit_once(model, prepared, evaluator, out, run_record)
+        self._check_monitor(evaluator)
+        model.setup(prepared.split)
+        state = _State()
+        if self.config.checkpoint and (out / LAST).is_file():
+            ckpt = _load(out / LAST)
+            _check_same_run(out / LAST, ckpt["config"], run_record)
+            model.load_state_dict(ckpt["model"])
+            state = _State(**ckpt["trainer"])
+        best_in_memory: dict[str, Any] | None = None
+
+        with self._progress() as progress:
+            task = progress.add_task(
+                "train", total=self.config.max_epochs, completed=state.epoch, status=""
+            )
+            while state.epoch < self.config.max_epochs and not state.early_stopped:
+                start = time.perf_counter()
+                loss = float(model.train_epoch())
+                state.train_seconds += time.perf_counter() - start
+                state.epoch += 1
+                if not math.isfinite(loss):
+                    raise FedLLMRecError(f"training diverged: loss {loss} at epoch {state.epoch}")
+                row: dict[str, Any] = {
+                    "epoch": state.epoch,
+                    "loss": loss,
+                    "train_seconds": round(state.train_seconds, 3),
+                }
+                if state.epoch % self.config.eval_every == 0:
+                    valid = evaluator(model, "valid")
+                    row.update(valid)
+                    value = self._monitored(valid)
+                    if self._improves(value, state.best_value):
+                        state.best_epoch, state.best_value, state.best_valid = (
+                            state.epoch,
+                            value,
+                            valid,
+                        )
+                        state.bad_evals = 0
+                        if self.config.checkpoint:
+                            _save(out / BEST, {"model": model.state_dict(), "epoch": state.epoch})
+                        else:
+                            # state_dict() shares storage with the live weights: copy it.
+                            best_in_memory = copy.deepcopy(model.state_dict())
+                    else:
+                        state.bad_evals += 1
+                        state.early_stopped = 0 < self.config.patience <= state.bad_evals
+                    state.history.append(row)
+                    self._save_last(out, model, state, run_record)
+                    self._log_evaluation(progress, row, state)
+                else:
+                    state.history.append(row)
+                progress.update(task, completed=state.epoch, status=self._status(row, state))
+        # Off-grid final epochs were trained after the last save; keep them resumable too.
+        self._save_last(out, model, state, run_record)
+
+        if state.best_value is None:
+            # No evaluation fell inside max_epochs: the final model is all there is.
+            state.best_valid = evaluator(model, "valid")
+            state.best_epoch = state.epoch
+        elif self.config.checkpoint:
+            model.load_state_dict(_load(out / BEST)["model"])
+        elif best_in_memory is not None:
+            model.load_state_dict(best_in_memory)
+        test = evaluator(model, "test")
+        return self._finish(out, state, test, run_record)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _fit_once(
+        self,
+        model: Recommender,
+        prepared: Prepared,
+        evaluator: Evaluator,
+        out: Path,
+        run_record: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Models without epochs: one ``fit``, one validation, one test."""
+        start = time.perf_counter()
+        model.fit(prepared.split)
+        seconds = time.perf_counter() - start
+        valid = evaluator(model, "valid")
+        self._monitored(valid)  # fail loudly on a monitor typo here too
+        state = _State(
+            history=[{"epoch": 0, "loss": None, "train_seconds": round(seconds, 3), **valid}],
+            best_valid=valid,
+            train_seconds=seconds,
+        )
+        return self._finish(out, state, evaluator(model, "test"), run_record)
+
+    def _finish(
+        self, out: Path, state: _State, test: dict[str, float], run_record: dict[str, Any]
+    ) -> dict[str, Any]:
+        metrics: dict[str, Any] = {
+            "best_epoch": state.best_epoch,
+            "stopped_epoch": state.epoch,
+            "early_stopped": state.early_stopped,
+            "monitor": self.config.monitor,
+            "mode": self.config.direction,
+            "valid": state.best_valid,
+            "test": test,
+            "history": state.history,
+            "train_seconds": round(state.train_seconds, 3),
+            "config": run_record,
+            "machine": machine(),
+            "date": dt.datetime.now().isoformat(timespec="seconds"),
+        }
+        atomic_write_json(out / METRICS, metrics)
+        plot_curve(out / CURVE, state.history, self.config.monitor, state.best_epoch)
+        return metrics
+
+    def _monitored(self, metrics: Mapping[str, float]) -> float:
+        if self.config.monitor not in metrics:
+            raise FedLLMRecError(
+                f"monitor {self.config.monitor!r} is not a validation metric; "
+                f"available: {', '.join(metrics)}"
+            )
+        return float(metrics[self.config.monitor])
+
+    def _check_monitor(self, evaluator: Evaluator) -> None:
+        # Evaluators that know their keys up front let a typo fail before any training.
+        names = getattr(evaluator, "metric_names", None)
+        if callable(names):
+            self._monitored(dict.fromkeys(names(), 0.0))
+
+    def _improves(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value > best if self.config.direction == "max" else value < best
+
+    def _save_last(
+        self, out: Path, model: Trainable, state: _State, record: dict[str, Any]
+    ) -> None:
+        if self.config.checkpoint:
+            _save(
+                out / LAST,
+                {"model": model.state_dict(), "trainer": asdict(state), "config": record},
+            )
+
+    @contextlib.contextmanager
+    def _progress(self) -> Iterator[Progress]:
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=self.quiet,
+        )
+        with progress:
+            yield progress
+
+    def _status(self, row: Mapping[str, Any], state: _State) -> str:
+        status = f"loss {row['loss']:.4f}"
+        if state.best_value is not None:
+            status += f"  best {self.config.monitor} {state.best_value:.4f} @ {state.best_epoch}"
+        return status
+
+    def _log_evaluation(self, progress: Progress, row: Mapping[str, Any], state: _State) -> None:
+        if self.quiet:
+            return
+        mark = "  [green]best[/]" if state.best_epoch == row["epoch"] else ""
+        stop = "  [yellow]early stop[/]" if state.early_stopped else ""
+        progress.console.print(
+            f"epoch {row['epoch']:>4}  loss {row['loss']:.4f}  "
+            f"{self.config.monitor} {row[self.config.monitor]:.4f}{mark}{stop}"
+        )
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _save(path: Path, obj: dict[str, Any]) -> None:
+    # Written beside the target and renamed: a crash never leaves a torn checkpoint.
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        obj: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise FedLLMRecError(f"{path}: cannot read checkpoint ({err})") from err
+    return obj
+
+
+def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in obj.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_same_run(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """Refuse to resume a checkpoint of a differently configured run."""
+    before, after = _flatten(old), _flatten(new)
+    for key in sorted(before.keys() | after.keys()):
+        if key not in RESUMABLE_CHANGES and before.get(key) != after.get(key):
+            raise FedLLMRecError(
+                f"{path}: holds a run with {key} = {before.get(key)!r}, this one has "
+                f"{after.get(key)!r}; use another output folder or delete it to start over"
+            )
+
+
+def plot_curve(path: str | Path, history: list[dict[str, Any]], monitor: str, best: int) -> None:
+    """Write train loss and validation ``monitor`` against epochs as a PNG, atomically."""
+    # The object-oriented API needs no pyplot and no global backend switch.
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    losses = [(r["epoch"], r["loss"]) for r in history if r.get("loss") is not None]
+    if losses:
+        ax.plot(*zip(*losses, strict=True), color="tab:blue", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("train loss", color="tab:blue")
+    metric = ax.twinx()
+    evals = [(r["epoch"], r[monitor]) for r in history if monitor in r]
+    if evals:
+        metric.plot(*zip(*evals, strict=True), "o-", color="tab:orange")
+    metric.set_ylabel(f"valid {monitor}", color="tab:orange")
+    metric.axvline(best, linestyle="--", color="grey", linewidth=1)
+    ax.set_title(f"best epoch {best}")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def machine() -> str:
+    """CPU model, usable cores, Python and torch versions, for the record."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"{cpu}, {cores} cores, {torch.get_num_threads()} torch threads, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
