@@ -103,3 +103,20 @@ def test_item_knn_scores_by_hand() -> None:
     # u0 history {0, 1}: score(2) = cos(0,2) + cos(1,2) = 0.5 + 0.5; score(3) = 0.
     np.testing.assert_allclose(scores[0, 2:], [1.0, 0.0], atol=1e-6)
     assert isinstance(ds.interactions, pa.Table)
+
+
+def test_cold_only_scores_just_the_items_unseen_in_training(ml100k_prepared: Prepared) -> None:
+    split, ds = ml100k_prepared.split, ml100k_prepared.dataset
+    trained = set(ds.item[split.role == 0].tolist())
+    rows = split.rows("test")
+    cold_rows = [r for r in rows.tolist() if ds.item[r] not in trained]
+    assert cold_rows, "ml-100k has test items never seen in training"
+    for mode in ("full", "sampled"):
+        cold = evaluate_ranking(Oracle(ml100k_prepared, "test"), ml100k_prepared, mode=mode,
+                                cold_only=True)  # fmt: skip
+        assert cold["rows"] == len(cold_rows) and cold["cold_only"]
+        assert cold["metrics"]["HR@10"] == 1.0
+    # Popularity has never seen a cold item: its expected full-rank HR@10 is tiny.
+    pop = Popularity().fit(split)
+    cold_pop = evaluate_ranking(pop, ml100k_prepared, mode="full", cold_only=True)["metrics"]
+    assert cold_pop["HR@10"] < 0.05

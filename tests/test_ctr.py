@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -95,3 +96,16 @@ def test_click_training_is_deterministic_and_learns(
     assert metrics["rows"] == kuaisar_split.dataset.n_users
     assert 0.55 < metrics["AUC"] <= 1.0  # well above chance after two short epochs
     assert 0.0 < metrics["LogLoss"] < 0.75
+
+
+def test_click_recipe_trains_and_reports_auc(data_root: Path, tmp_path: Path) -> None:
+    from fedllmrec.train.recipe import load_recipe, run_recipe
+
+    recipe = load_recipe(
+        Path(__file__).parents[1] / "recipes" / "mrff-kuaisar.toml",
+        ["model.max_len=10", "model.dim=16", "trainer.max_epochs=1", "model.train.batch_size=512"],
+    )
+    metrics = run_recipe(recipe, tmp_path, data_dir=data_root, quiet=True)
+    assert set(metrics["test"]) == {"AUC", "LogLoss"}
+    assert 0.5 < metrics["test"]["AUC"] <= 1.0
+    assert (tmp_path / "metrics.json").is_file()

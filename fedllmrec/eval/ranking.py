@@ -22,32 +22,53 @@ from typing import Any, Literal
 import numpy as np
 
 from fedllmrec.data.prepare import SAMPLED_NEGATIVES, Prepared
+from fedllmrec.data.split import TRAIN
 from fedllmrec.eval.metrics import TiePolicy, rank_counts, ranking_metrics
 from fedllmrec.models.base import Recommender
 
 Mode = Literal["full", "sampled"]
 
 
+def cold_items(prepared: Prepared) -> np.ndarray:
+    """Boolean (n_items,): items that never occur in a training interaction."""
+    split = prepared.split
+    ds = split.dataset
+    cold = np.ones(ds.n_items, dtype=bool)
+    cold[ds.item[split.role == TRAIN]] = False
+    return cold
+
+
 def _counts_sampled(
-    model: Recommender, prepared: Prepared, role: str, n_negatives: int, batch_size: int
+    model: Recommender,
+    prepared: Prepared,
+    role: str,
+    n_negatives: int,
+    batch_size: int,
+    cold_only: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     cands = prepared.sampled(role, n_negatives)
+    users, items, domains = cands.user, cands.items, cands.domain
+    if cold_only:
+        keep = cold_items(prepared)[items[:, 0]]  # column 0 holds the positive
+        users, items, domains = users[keep], items[keep], domains[keep]
     history = prepared.split.observed(role)
-    greater = np.empty(cands.user.shape[0], dtype=np.int64)
+    greater = np.empty(users.shape[0], dtype=np.int64)
     tied = np.empty_like(greater)
-    for lo in range(0, cands.user.shape[0], batch_size):
+    for lo in range(0, users.shape[0], batch_size):
         hi = lo + batch_size
-        scores = model.score(cands.user[lo:hi], cands.items[lo:hi], history)
+        scores = model.score(users[lo:hi], items[lo:hi], history)
         greater[lo:hi], tied[lo:hi] = rank_counts(np.asarray(scores, dtype=np.float64), 0)
-    return greater, tied, cands.domain
+    return greater, tied, domains
 
 
 def _counts_full(
-    model: Recommender, prepared: Prepared, role: str, batch_size: int
+    model: Recommender, prepared: Prepared, role: str, batch_size: int, cold_only: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     split = prepared.split
     ds = split.dataset
     rows = split.rows(role)
+    if cold_only:
+        rows = rows[cold_items(prepared)[ds.item[rows]]]
     users, targets, domains = ds.user[rows], ds.item[rows], ds.domain[rows]
     history = split.observed(role)
     touched = split.touched
@@ -79,8 +100,12 @@ def evaluate_ranking(
     ks: Sequence[int] = (10,),
     ties: TiePolicy = "expected",
     batch_size: int = 256,
+    cold_only: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a fitted model on the held-out ``role`` interactions.
+
+    With ``cold_only``, only the held-out interactions whose item never occurs in
+    training are scored (the cold-start check); candidates are unchanged.
 
     Returns
     -------
@@ -89,15 +114,18 @@ def evaluate_ranking(
         where metrics hold HR@k, NDCG@k and MRR (means over rows).
     """
     if mode == "sampled":
-        greater, tied, domains = _counts_sampled(model, prepared, role, n_negatives, batch_size)
+        greater, tied, domains = _counts_sampled(
+            model, prepared, role, n_negatives, batch_size, cold_only
+        )
     elif mode == "full":
-        greater, tied, domains = _counts_full(model, prepared, role, batch_size)
+        greater, tied, domains = _counts_full(model, prepared, role, batch_size, cold_only)
     else:
         raise ValueError(f"mode must be 'full' or 'sampled', not {mode!r}")
     result: dict[str, Any] = {
         "mode": mode if mode == "full" else f"sampled-1+{n_negatives}",
         "role": role,
         "rows": int(greater.shape[0]),
+        "cold_only": cold_only,
         "metrics": ranking_metrics(greater, tied, ks, ties=ties),
         "domains": {},
     }

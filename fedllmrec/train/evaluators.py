@@ -61,6 +61,7 @@ class RankingEvaluator:
     n_negatives: int = SAMPLED_NEGATIVES
     ties: TiePolicy = "expected"
     batch_size: int = 256
+    cold_start: bool = False  # also "cold/..." keys: held-out items never seen in training
 
     def __post_init__(self) -> None:
         for mode in self.modes:
@@ -69,20 +70,25 @@ class RankingEvaluator:
 
     def __call__(self, model: Scorer, role: str) -> dict[str, float]:
         out: dict[str, float] = {}
-        for mode in self.modes:
-            result = evaluate_ranking(
-                cast(Recommender, model),  # it only calls score(); trained models need no fit()
-                self.prepared,
-                role=role,
-                mode=mode,
-                n_negatives=self.n_negatives,
-                ks=self.ks,
-                ties=self.ties,
-                batch_size=self.batch_size,
-            )
-            out.update({f"{mode}/{k}": float(v) for k, v in result["metrics"].items()})
-            for domain, metrics in result["domains"].items():
-                out.update({f"{mode}/{domain}/{k}": float(v) for k, v in metrics.items()})
+        for cold in (False, True) if self.cold_start else (False,):
+            prefix = "cold/" if cold else ""
+            for mode in self.modes:
+                result = evaluate_ranking(
+                    cast(Recommender, model),  # it only calls score(); trained models need no fit()
+                    self.prepared,
+                    role=role,
+                    mode=mode,
+                    n_negatives=self.n_negatives,
+                    ks=self.ks,
+                    ties=self.ties,
+                    batch_size=self.batch_size,
+                    cold_only=cold,
+                )
+                out.update({f"{prefix}{mode}/{k}": float(v) for k, v in result["metrics"].items()})
+                for domain, metrics in result["domains"].items():
+                    out.update(
+                        {f"{prefix}{mode}/{domain}/{k}": float(v) for k, v in metrics.items()}
+                    )
         return out
 
     def metric_names(self) -> list[str]:
@@ -90,13 +96,34 @@ class RankingEvaluator:
         per_mode = [name for k in self.ks for name in (f"HR@{k}", f"NDCG@{k}")] + ["MRR"]
         domains = self.prepared.dataset.domains
         scopes = [""] + ([f"{d}/" for d in domains] if len(domains) > 1 else [])
-        return [f"{m}/{s}{name}" for m in self.modes for s in scopes for name in per_mode]
+        names = [f"{m}/{s}{name}" for m in self.modes for s in scopes for name in per_mode]
+        return names + [f"cold/{name}" for name in names] if self.cold_start else names
+
+
+@dataclass
+class ClickEvaluator:
+    """Global AUC and LogLoss over held-out exposures (the MRFF protocol), keys "AUC", "LogLoss".
+
+    The model must offer ``evaluate(role)`` (:class:`fedllmrec.models.ctr.ClickRecommender`).
+    """
+
+    prepared: Prepared
+
+    def __call__(self, model: Scorer, role: str) -> dict[str, float]:
+        evaluate = getattr(model, "evaluate", None)
+        if evaluate is None:
+            raise FedLLMRecError(f"{type(model).__name__} does not predict clicks")
+        metrics = evaluate(role)
+        return {"AUC": float(metrics["AUC"]), "LogLoss": float(metrics["LogLoss"])}
+
+    def metric_names(self) -> list[str]:
+        return ["AUC", "LogLoss"]
 
 
 EvaluatorFactory = Callable[..., Evaluator]
 
 # kind -> factory called as ``factory(prepared, **options)``; options come from a recipe's [eval].
-EVALUATORS: dict[str, EvaluatorFactory] = {"ranking": RankingEvaluator}
+EVALUATORS: dict[str, EvaluatorFactory] = {"ranking": RankingEvaluator, "click": ClickEvaluator}
 
 
 def build_evaluator(kind: str, prepared: Prepared, **options: Any) -> Evaluator:

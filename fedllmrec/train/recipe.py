@@ -42,6 +42,7 @@ from fedllmrec.data.split import SplitConfig
 from fedllmrec.errors import FedLLMRecError, RecipeError
 from fedllmrec.models.base import Recommender
 from fedllmrec.models.baselines import ItemKNN, ItemKNNConfig, Popularity, PopularityConfig
+from fedllmrec.models.ctr import ClickRecommender
 from fedllmrec.models.sequential import SequentialRecommender
 from fedllmrec.train.evaluators import EVALUATORS, Evaluator
 from fedllmrec.train.trainer import Trainable, Trainer, TrainerConfig
@@ -120,6 +121,12 @@ MODEL_BUILDERS: dict[str, ModelBuilder] = {
         # State and data, not options (text vectors come from the embedding cache);
         # the trainer's max_epochs replaces train.epochs.
         exclude=frozenset({"model", "split", "losses", "text_embeddings", "train.epochs"}),
+        seed_key="train.seed",
+    ),
+    "click": ModelBuilder(
+        ClickRecommender,
+        _sequential,
+        exclude=frozenset({"model", "split", "losses", "text_embeddings", "train.epochs", "head"}),
         seed_key="train.seed",
     ),
     "popularity": ModelBuilder(PopularityConfig, lambda options, _: Popularity(options)),
