@@ -12,27 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Self
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedllmrec.data.kuaisar import ITEM_FEATURES as KUAISAR_ITEM_FEATURES
 from fedllmrec.data.sequences import left_pad, windows
 from fedllmrec.data.split import ROLE_NAMES, TRAIN, Split
 from fedllmrec.eval.metrics import auc, log_loss
+from fedllmrec.models.gru4rec import GRU4Rec
 from fedllmrec.models.items import PAD, ItemSource
+from fedllmrec.models.mrff import MRFF
+from fedllmrec.models.sasrec import SASRec
 from fedllmrec.models.sequential import SequentialRecommender
 
-KUAISAR_ITEM_FEATURES = (
-    "item_type",
-    "upload_type",
-    "first_level_category_name",
-    "second_level_category_name",
-    "third_level_category_name",
-    "fourth_level_category_name",
-)
 NO_CLICK, CLICK = 1, 2  # click-label tokens; 0 is padding
 
 
@@ -68,20 +63,18 @@ class ClickRecommender(SequentialRecommender):
     n_heads: int = 1
     dropout: float = 0.5
     item_source: ItemSource = "none"
-    item_features: Sequence[str] = KUAISAR_ITEM_FEATURES
+    item_features: Sequence[str] = KUAISAR_ITEM_FEATURES  # MRFF's 6 video features
     head: ClickHead | None = field(default=None, repr=False)
     _labels: torch.Tensor = field(default_factory=lambda: torch.empty(0), repr=False)
 
-    def setup(self, split: Split) -> Self:
+    def _build(self, split: Split) -> SASRec | GRU4Rec | MRFF:
         if self.architecture == "gru4rec":
             raise ValueError("click prediction supports the sasrec and mrff architectures")
-        cfg = self.train
-        torch.manual_seed(cfg.seed)
-        self._rng = np.random.default_rng(cfg.seed)
-        self.split = split
-        self.losses = []
-        self.model = self._build(split)
+        backbone = super()._build(split)
         self.head = ClickHead(self.dim, self.dropout)
+        return backbone
+
+    def _load_training_data(self, split: Split) -> None:
         ds = split.dataset
         train = np.flatnonzero(split.role == TRAIN)
         # Windows over row numbers, so items and labels are cut identically.
@@ -93,8 +86,6 @@ class ClickRecommender(SequentialRecommender):
         self._data = torch.from_numpy(np.where(real, ds.item[safe] + 1, PAD))
         self._labels = torch.from_numpy(np.where(real, _label_tokens(ds.label[safe]), PAD))
         self._users = torch.from_numpy(owners)
-        self._optims = self._make_optimizers()
-        return self
 
     def _trained_modules(self) -> dict[str, nn.Module]:
         assert self.model is not None and self.head is not None

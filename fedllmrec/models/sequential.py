@@ -93,12 +93,15 @@ class SequentialRecommender:
         self.split = split
         self.losses = []
         self.model = self._build(split)
+        self._load_training_data(split)
+        self._optims = self._make_optimizers()
+        return self
+
+    def _load_training_data(self, split: Split) -> None:
         # Windows one item longer than max_len: inputs are items [:-1], targets items [1:].
         chunks, owners = windows(user_sequences(split, split.role == TRAIN), self.max_len + 1)
         self._data = torch.from_numpy(left_pad(chunks, self.max_len + 1))
         self._users = torch.from_numpy(owners)
-        self._optims = self._make_optimizers()
-        return self
 
     def _trained_modules(self) -> dict[str, torch.nn.Module]:
         """Every module whose parameters train (subclasses add heads)."""
