@@ -114,12 +114,7 @@ class ClickRecommender(SequentialRecommender):
             mask = (items[:, 1:] != PAD) & (items[:, :-1] != PAD)
             target = (marks[:, 1:][mask] == CLICK).float()
             task = F.binary_cross_entropy_with_logits(logits[mask], target)
-            loss = task + aux
-            for optim in self._optims:
-                optim.zero_grad(set_to_none=True)
-            loss.backward()
-            for optim in self._optims:
-                optim.step()
+            self._step(task + aux)
             total += float(task.detach()) * int(mask.sum())
             count += int(mask.sum())
         self.model.eval()

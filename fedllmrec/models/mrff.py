@@ -42,8 +42,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedllmrec.models.items import PAD, ItemEmbedding, ItemEmbeddingConfig
-from fedllmrec.models.sasrec import CausalSelfAttention, SASRecConfig
+from fedllmrec.models.items import ItemEmbedding, ItemEmbeddingConfig
+from fedllmrec.models.sasrec import CausalSelfAttention, ItemSequenceModel, SASRecConfig
 
 GateMode = Literal["weighted", "balance_only"]
 
@@ -192,9 +192,13 @@ class MRFFBlock(nn.Module):
         return x * m, groups, probs
 
 
-class MRFF(nn.Module):
-    """Item sequences (B, T) of users (B,) -> states (B, T, D) and each user's routing."""
+class MRFF(ItemSequenceModel):
+    """Item sequences (B, T) of users (B,) -> states (B, T, D) and each user's routing.
 
+    Inputs and scoring are SASRec's; only the blocks differ.
+    """
+
+    config: MRFFConfig
     user_features: torch.Tensor  # (n_users, F) codes, row = user id
 
     def __init__(
@@ -227,13 +231,6 @@ class MRFF(nn.Module):
             self.register_buffer("user_features", user_features.long())
         self.items = items or ItemEmbedding(ItemEmbeddingConfig(config.n_items, config.dim))
 
-    @staticmethod
-    def _init(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear | nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
     def user_vector(self, users: torch.Tensor) -> torch.Tensor:
         """e_u: the private user embedding plus the user's feature embeddings, (B, D)."""
         vec = self.user_emb(users)
@@ -245,15 +242,7 @@ class MRFF(nn.Module):
         self, seq: torch.Tensor, users: torch.Tensor, extra: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, Routing]:
         """States (B, T, D) and routing; ``extra`` (B, T, D) is added to the inputs."""
-        t = seq.shape[1]  # (B, T)
-        if t > self.config.max_len:
-            raise ValueError(f"sequence length {t} exceeds max_len {self.config.max_len}")
-        pad_mask = seq != PAD  # (B, T)
-        pos = torch.arange(t, device=seq.device)
-        x = self.items(seq) * math.sqrt(self.config.dim) + self.pos_emb(pos)[None]
-        if extra is not None:
-            x = x + extra
-        x = self.dropout(x) * pad_mask[..., None]
+        x, pad_mask = self.embed(seq, extra)
         user_vec = self.user_vector(users)  # (B, D)
         groups, probs = [], []
         for block in self.blocks:
@@ -261,10 +250,3 @@ class MRFF(nn.Module):
             groups.append(g[:, -1])  # left padding: the last position is the newest item
             probs.append(p[:, -1])
         return self.ln_out(x), Routing(torch.stack(groups), torch.stack(probs))
-
-    def score(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Inner products of states (B, D) with candidate items (B, C) or all items (C,)."""
-        emb = self.items(items)
-        if emb.dim() == 2:
-            return state @ emb.T
-        return torch.einsum("bd,bcd->bc", state, emb)

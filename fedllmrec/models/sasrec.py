@@ -91,7 +91,45 @@ class Block(nn.Module):
         return x * pad_mask[..., None]
 
 
-class SASRec(nn.Module):
+class ItemSequenceModel(nn.Module):
+    """Input embedding and scoring shared by SASRec-style models (SASRec, MRFF)."""
+
+    config: SASRecConfig
+    items: ItemEmbedding
+    pos_emb: nn.Embedding
+    dropout: nn.Dropout
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        """Normal(0, 0.02) weights and zero biases, applied to every Linear and Embedding."""
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def embed(
+        self, seq: torch.Tensor, extra: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled item vectors plus positions (B, T, D), zero at padding, and the mask (B, T)."""
+        t = seq.shape[1]  # (B, T)
+        if t > self.config.max_len:
+            raise ValueError(f"sequence length {t} exceeds max_len {self.config.max_len}")
+        pad_mask = seq != PAD  # (B, T)
+        pos = torch.arange(t, device=seq.device)
+        x = self.items(seq) * math.sqrt(self.config.dim) + self.pos_emb(pos)[None]
+        if extra is not None:
+            x = x + extra
+        return self.dropout(x) * pad_mask[..., None], pad_mask
+
+    def score(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Inner products of states (B, D) with candidate items (B, C) or all items (C,)."""
+        emb = self.items(items)  # (B, C, D) or (C, D)
+        if emb.dim() == 2:
+            return state @ emb.T  # (B, C)
+        return torch.einsum("bd,bcd->bc", state, emb)
+
+
+class SASRec(ItemSequenceModel):
     """Sequence of item indices (left-padded with 0) -> a state per position."""
 
     def __init__(self, config: SASRecConfig, items: ItemEmbedding | None = None) -> None:
@@ -104,34 +142,12 @@ class SASRec(nn.Module):
         self.apply(self._init)
         self.items = items or ItemEmbedding(ItemEmbeddingConfig(config.n_items, config.dim))
 
-    @staticmethod
-    def _init(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear | nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
     def forward(self, seq: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """States (B, T, D) for item sequences ``seq`` (B, T); position t sees items <= t.
 
         ``extra`` (B, T, D) is added to the input embeddings (e.g. past click labels).
         """
-        t = seq.shape[1]  # (B, T)
-        if t > self.config.max_len:
-            raise ValueError(f"sequence length {t} exceeds max_len {self.config.max_len}")
-        pad_mask = seq != PAD  # (B, T)
-        pos = torch.arange(t, device=seq.device)
-        x = self.items(seq) * math.sqrt(self.config.dim) + self.pos_emb(pos)[None]
-        if extra is not None:
-            x = x + extra
-        x = self.dropout(x) * pad_mask[..., None]
+        x, pad_mask = self.embed(seq, extra)
         for block in self.blocks:
             x = block(x, pad_mask)
         return self.ln_out(x)  # (B, T, D)
-
-    def score(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Inner products of states (B, D) with candidate items (B, C) or all items (C,)."""
-        emb = self.items(items)  # (B, C, D) or (C, D)
-        if emb.dim() == 2:
-            return state @ emb.T  # (B, C)
-        return torch.einsum("bd,bcd->bc", state, emb)

@@ -197,17 +197,20 @@ class SequentialRecommender:
             states, aux = self._encode(inputs, self._users[rows])  # (B, T, D)
             mask = (targets != PAD) & (inputs != PAD)
             task = self._next_item_loss(states[mask], targets[mask])
-            loss = task + aux
-            for optim in self._optims:
-                optim.zero_grad(set_to_none=True)
-            loss.backward()
-            for optim in self._optims:
-                optim.step()
+            self._step(task + aux)
             total += float(task.detach()) * int(mask.sum())
             count += int(mask.sum())
         self.model.eval()
         self.losses.append(total / max(count, 1))
         return self.losses[-1]
+
+    def _step(self, loss: torch.Tensor) -> None:
+        """One optimiser step on every optimiser (dense Adam, and SparseAdam for private rows)."""
+        for optim in self._optims:
+            optim.zero_grad(set_to_none=True)
+        loss.backward()
+        for optim in self._optims:
+            optim.step()
 
     def _next_item_loss(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of targets (N,) (shifted ids) given states (N, D)."""
