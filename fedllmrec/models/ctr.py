@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedllmrec.data.kuaisar import ITEM_FEATURES as KUAISAR_ITEM_FEATURES
+from fedllmrec.data.schema import RecDataset
 from fedllmrec.data.sequences import left_pad, windows
 from fedllmrec.data.split import ROLE_NAMES, TRAIN, Split
 from fedllmrec.eval.metrics import auc, log_loss
@@ -46,8 +47,16 @@ class ClickHead(nn.Module):
         return self.mlp(torch.cat([state, item, state * item], dim=-1)).squeeze(-1)
 
 
-def _label_tokens(labels: np.ndarray) -> np.ndarray:
-    return np.where(labels > 0.5, CLICK, NO_CLICK).astype(np.int64)
+def _exposure_tokens(
+    ds: RecDataset, rows: list[np.ndarray], length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded item tokens and click tokens (N, length) of interaction-row sequences."""
+    padded = left_pad(rows, length)  # row + 1, 0 = padding
+    real = padded != PAD
+    safe = np.where(real, padded - 1, 0)
+    clicks = np.where(ds.label[safe] > 0.5, CLICK, NO_CLICK)
+    items = np.where(real, ds.item[safe].astype(np.int64) + 1, PAD)
+    return torch.from_numpy(items), torch.from_numpy(np.where(real, clicks, PAD))
 
 
 @dataclass
@@ -80,11 +89,7 @@ class ClickRecommender(SequentialRecommender):
         # Windows over row numbers, so items and labels are cut identically.
         per_user = np.split(train, np.searchsorted(ds.user[train], np.arange(1, ds.n_users)))
         chunks, owners = windows(per_user, self.max_len + 1)
-        rows = left_pad(chunks, self.max_len + 1)  # row + 1, 0 = padding
-        real = rows != PAD
-        safe = np.where(real, rows - 1, 0)
-        self._data = torch.from_numpy(np.where(real, ds.item[safe] + 1, PAD))
-        self._labels = torch.from_numpy(np.where(real, _label_tokens(ds.label[safe]), PAD))
+        self._data, self._labels = _exposure_tokens(ds, chunks, self.max_len + 1)
         self._users = torch.from_numpy(owners)
 
     def _trained_modules(self) -> dict[str, nn.Module]:
@@ -143,11 +148,7 @@ class ClickRecommender(SequentialRecommender):
             batch = targets[lo : lo + batch_size]
             users = ds.user[batch].astype(np.int64)
             history = [seen[bounds[u] : bounds[u + 1]] for u in users.tolist()]
-            rows = left_pad(history, self.max_len)
-            real = rows != PAD
-            safe = np.where(real, rows - 1, 0)
-            items = torch.from_numpy(np.where(real, ds.item[safe] + 1, PAD))
-            marks = torch.from_numpy(np.where(real, _label_tokens(ds.label[safe]), PAD))
+            items, marks = _exposure_tokens(ds, history, self.max_len)
             target = torch.from_numpy(ds.item[batch].astype(np.int64) + 1)  # (B,)
             states, _ = self._states(items, marks, torch.from_numpy(users))
             logits = self.head(states[:, -1], self.model.items(target))  # (B,)
