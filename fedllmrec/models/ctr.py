@@ -10,8 +10,9 @@ it validation), one global AUC and LogLoss over all users' held-out exposures.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -25,15 +26,18 @@ from fedllmrec.data.split import ROLE_NAMES, TRAIN, Split
 from fedllmrec.eval.metrics import auc, log_loss
 from fedllmrec.models.gru4rec import GRU4Rec
 from fedllmrec.models.items import PAD, ItemSource
-from fedllmrec.models.mrff import MRFF
+from fedllmrec.models.mrff import MRFF, Routing
+from fedllmrec.models.owners import Owner
 from fedllmrec.models.sasrec import SASRec
-from fedllmrec.models.sequential import SequentialRecommender
+from fedllmrec.models.sequential import BatchLoss, SequentialRecommender
 
 NO_CLICK, CLICK = 1, 2  # click-label tokens; 0 is padding
 
 
 class ClickHead(nn.Module):
     """Past click labels in, click logits out."""
+
+    OWNERS: ClassVar[dict[str, Owner]] = {"label_emb.weight": Owner.GLOBAL, "mlp.*": Owner.GLOBAL}
 
     def __init__(self, dim: int, dropout: float) -> None:
         super().__init__()
@@ -98,34 +102,38 @@ class ClickRecommender(SequentialRecommender):
 
     def _states(
         self, items: torch.Tensor, labels: torch.Tensor, users: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, Routing | None]:
         """States (B, T, D) after exposures ``items`` with click tokens ``labels`` (B, T)."""
         assert self.head is not None
         return self._encode(items, users, self.head.label_emb(labels))
 
-    def train_epoch(self) -> float:
-        if self.model is None or self.head is None or not self._optims:
-            raise RuntimeError("call fit() or setup() first")
-        data, labels, batch_size = self._data, self._labels, self.train.batch_size
-        self.model.train()
-        self.head.train()
-        order = torch.from_numpy(self._rng.permutation(data.shape[0]))
-        total, count = 0.0, 0
-        for lo in range(0, data.shape[0], batch_size):
-            rows = order[lo : lo + batch_size]
-            items, marks = data[rows], labels[rows]  # (B, T + 1)
-            states, aux = self._states(items[:, :-1], marks[:, :-1], self._users[rows])
-            logits = self.head(states, self.model.items(items[:, 1:]))  # (B, T)
-            mask = (items[:, 1:] != PAD) & (items[:, :-1] != PAD)
-            target = (marks[:, 1:][mask] == CLICK).float()
-            task = F.binary_cross_entropy_with_logits(logits[mask], target)
-            self._step(task + aux)
-            total += float(task.detach()) * int(mask.sum())
-            count += int(mask.sum())
-        self.model.eval()
-        self.head.eval()
-        self.losses.append(total / max(count, 1))
-        return self.losses[-1]
+    def training_tensors(self) -> dict[str, torch.Tensor]:
+        """Training windows: exposures ``seq``, click tokens ``label`` (N, T + 1), ``user`` (N,)."""
+        return {"seq": self._data, "label": self._labels, "user": self._users}
+
+    def batch_loss(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        *,
+        load: torch.Tensor | None = None,
+        newest_only: bool = False,
+        gather: bool = True,
+        negatives: torch.Tensor | None = None,
+    ) -> BatchLoss:
+        """All-position BCE of the next exposure's click (see the base class for the options)."""
+        assert self.model is not None and self.head is not None
+        items, marks = batch["seq"], batch["label"]  # (B, T + 1)
+        states, routing = self._states(items[:, :-1], marks[:, :-1], batch["user"])
+        logits = self.head(states, self.model.items(items[:, 1:]))  # (B, T)
+        mask = (items[:, 1:] != PAD) & (items[:, :-1] != PAD)
+        target = (marks[:, 1:] == CLICK).to(logits.dtype)
+        if gather:
+            task = F.binary_cross_entropy_with_logits(logits[mask], target[mask])
+        else:
+            weights = mask.to(logits.dtype)
+            per_target = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            task = (per_target * weights).sum() / weights.sum().clamp(min=1.0)
+        return BatchLoss(task, self._balance(routing, load, newest_only), mask.sum(), routing)
 
     @torch.no_grad()
     def predict(self, role: str, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:

@@ -7,11 +7,13 @@ by inner products with the shared item embeddings.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from fedllmrec.models.items import ItemEmbedding, ItemEmbeddingConfig
+from fedllmrec.models.owners import Owner
 
 
 @dataclass
@@ -26,6 +28,8 @@ class GRU4RecConfig:
 
 class GRU4Rec(nn.Module):
     """Sequence of item indices (left-padded with 0) -> a state per position."""
+
+    OWNERS: ClassVar[dict[str, Owner]] = {"gru.*": Owner.GLOBAL, "out.*": Owner.GLOBAL}
 
     def __init__(self, config: GRU4RecConfig, items: ItemEmbedding | None = None) -> None:
         super().__init__()

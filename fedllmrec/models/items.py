@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from fedllmrec.data.schema import RecDataset
+from fedllmrec.models.owners import Owner
 
 ItemSource = Literal["id", "text", "id+text", "none"]  # "none": categorical features only
 PAD = 0
@@ -110,6 +111,20 @@ class ItemEmbedding(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=0.02)
                 nn.init.zeros_(module.bias)
+
+    @property
+    def OWNERS(self) -> dict[str, Owner]:
+        """Item vectors are learned by all clients; the text and feature codes are frozen data."""
+        owners = {"feature_embs.*": Owner.GLOBAL} if len(self.feature_embs) else {}
+        if self.id_emb is not None:
+            owners["id_emb.weight"] = Owner.GLOBAL
+        if self.text_proj is not None:
+            owners |= {"text": Owner.FROZEN, "text_proj.*": Owner.GLOBAL}
+        if len(self.feature_embs):
+            owners["features"] = Owner.FROZEN
+        if self.feature_proj is not None:
+            owners["feature_proj.*"] = Owner.GLOBAL
+        return owners
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         out = self.id_emb(items) if self.id_emb is not None else None  # (..., D)

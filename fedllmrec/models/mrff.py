@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fedllmrec.models.items import ItemEmbedding, ItemEmbeddingConfig
+from fedllmrec.models.owners import Owner
 from fedllmrec.models.sasrec import CausalSelfAttention, ItemSequenceModel, SASRecConfig
 
 GateMode = Literal["weighted", "balance_only"]
@@ -98,10 +99,20 @@ def balance_loss(
 
 
 class GroupFFN(nn.Module):
-    """K independent feed-forward networks stored as stacked tensors (K, D, H)."""
+    """K independent feed-forward networks stored as stacked tensors (K, D, H).
 
-    def __init__(self, config: MRFFConfig) -> None:
+    ``dense=True`` runs every group on every position and keeps the routed
+    one: K times the arithmetic, but no data-dependent shapes, so it works
+    under ``torch.func.vmap`` (the federated simulator batches clients so).
+    """
+
+    # Group k of every tensor is averaged over the users routed to k at this layer.
+    OWNERS: ClassVar[dict[str, Owner]] = {"*": Owner.GROUP}
+
+    def __init__(self, config: MRFFConfig, layer: int = 0) -> None:
         super().__init__()
+        self.layer = layer  # routing layer, for group-wise aggregation
+        self.dense = False
         k, d, h = config.n_groups, config.dim, config.ffn_mult * config.dim
         # Each group is drawn independently: the release's groups were one shared module.
         self.w1 = nn.Parameter(torch.randn(k, d, h) * 0.02)
@@ -116,6 +127,15 @@ class GroupFFN(nn.Module):
         Each group runs only on the positions routed to it (padding is skipped),
         so K groups cost one FFN, not K.
         """
+        if self.dense:
+            k = self.w1.shape[0]
+            # Comparison, not F.one_hot: one_hot checks its values, which vmap cannot.
+            chosen = (groups[..., None] == torch.arange(k)).to(z.dtype) * mask[..., None]
+            h = F.relu(torch.einsum("btd,kdh->btkh", z, self.w1) + self.b1)  # (B, T, K, H)
+            # One dropout mask per position serves all K (only the routed group survives).
+            keep = self.dropout(torch.ones_like(h[:, :, 0]))  # (B, T, H)
+            h = h * (keep[:, :, None] * chosen[..., None])
+            return torch.einsum("btkh,khd->btd", h, self.w2) + chosen @ self.b2
         flat = z.reshape(-1, z.shape[-1])  # (N, D)
         routed = torch.where(mask.reshape(-1), groups.reshape(-1), -1)  # (N,)
         out = torch.zeros_like(flat)
@@ -129,6 +149,8 @@ class GroupFFN(nn.Module):
 
 class UserFFN(nn.Module):
     """One private FFN per user, each user's weights packed into one row of a sparse table."""
+
+    OWNERS: ClassVar[dict[str, Owner]] = {"rows.weight": Owner.PRIVATE}
 
     def __init__(self, config: MRFFConfig) -> None:
         super().__init__()
@@ -165,14 +187,21 @@ class UserFFN(nn.Module):
 class MRFFBlock(nn.Module):
     """Causal attention, then the gated group FFN plus the user's private FFN."""
 
-    def __init__(self, config: MRFFConfig) -> None:
+    # group_ffn and user_ffn declare their own owners.
+    OWNERS: ClassVar[dict[str, Owner]] = {
+        "ln_*": Owner.GLOBAL,
+        "att.*": Owner.GLOBAL,
+        "gate.*": Owner.GLOBAL,
+    }
+
+    def __init__(self, config: MRFFConfig, layer: int = 0) -> None:
         super().__init__()
         self.config = config
         self.ln_att = nn.LayerNorm(config.dim)
         self.att = CausalSelfAttention(config)
         self.ln_ffn = nn.LayerNorm(config.dim)
         self.gate = nn.Linear(2 * config.dim, config.n_groups)
-        self.group_ffn = GroupFFN(config)
+        self.group_ffn = GroupFFN(config, layer)
         self.user_ffn = UserFFN(config)
 
     def forward(
@@ -201,6 +230,16 @@ class MRFF(ItemSequenceModel):
     config: MRFFConfig
     user_features: torch.Tensor  # (n_users, F) codes, row = user id
 
+    @property
+    def OWNERS(self) -> dict[str, Owner]:
+        """Shared sequence encoder; the user embedding and the user's features stay private."""
+        owners = {"pos_emb.weight": Owner.GLOBAL, "ln_out.*": Owner.GLOBAL}
+        owners["user_emb.weight"] = Owner.PRIVATE
+        if len(self.user_feature_embs):
+            # The feature *embeddings* are shared; each user's feature *values* are private.
+            owners |= {"user_feature_embs.*": Owner.GLOBAL, "user_features": Owner.PRIVATE}
+        return owners
+
     def __init__(
         self,
         config: MRFFConfig,
@@ -215,7 +254,7 @@ class MRFF(ItemSequenceModel):
         self.config = config
         self.pos_emb = nn.Embedding(config.max_len, config.dim)
         self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(MRFFBlock(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(MRFFBlock(config, layer) for layer in range(config.n_layers))
         self.ln_out = nn.LayerNorm(config.dim)
         # Shared embeddings of the users' categorical features, looked up by user id.
         self.user_feature_embs = nn.ModuleList(

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fedllmrec.models.items import PAD, ItemEmbedding, ItemEmbeddingConfig
+from fedllmrec.models.owners import Owner
 
 __all__ = ["PAD", "SASRec", "SASRecConfig"]  # PAD: item 0 is padding, item i is stored as i + 1
 
@@ -131,6 +133,13 @@ class ItemSequenceModel(nn.Module):
 
 class SASRec(ItemSequenceModel):
     """Sequence of item indices (left-padded with 0) -> a state per position."""
+
+    # Item vectors are declared by ItemEmbedding; everything else is shared by all clients.
+    OWNERS: ClassVar[dict[str, Owner]] = {
+        "pos_emb.weight": Owner.GLOBAL,
+        "blocks.*": Owner.GLOBAL,
+        "ln_out.*": Owner.GLOBAL,
+    }
 
     def __init__(self, config: SASRecConfig, items: ItemEmbedding | None = None) -> None:
         super().__init__()

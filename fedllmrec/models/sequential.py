@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
@@ -20,10 +20,20 @@ from fedllmrec.models.items import (
     categorical_matrix,
     item_inputs,
 )
-from fedllmrec.models.mrff import MRFF, GateMode, MRFFConfig, balance_loss
+from fedllmrec.models.mrff import MRFF, GateMode, MRFFConfig, Routing, balance_loss
 from fedllmrec.models.sasrec import PAD, SASRec, SASRecConfig
 
 Architecture = Literal["sasrec", "gru4rec", "mrff"]
+
+
+@dataclass
+class BatchLoss:
+    """What one batch contributes to training."""
+
+    task: torch.Tensor  # mean loss per target ()
+    aux: torch.Tensor  # auxiliary loss (MRFF's balance loss; 0 otherwise) ()
+    n_targets: torch.Tensor  # number of targets () int
+    routing: Routing | None  # MRFF: groups and gate probabilities (L, B)
 
 
 @dataclass
@@ -162,19 +172,59 @@ class SequentialRecommender:
 
     def _encode(
         self, seqs: torch.Tensor, users: torch.Tensor, extra: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """States (B, T, D) and the auxiliary loss (MRFF's balance loss; 0 otherwise)."""
+    ) -> tuple[torch.Tensor, Routing | None]:
+        """States (B, T, D) and, for MRFF, each sequence's routing."""
         assert self.model is not None
-        zero = torch.zeros(())
         if isinstance(self.model, MRFF):
-            states, routing = self.model(seqs, users, extra)
-            cfg = self.model.config
-            return states, balance_loss(routing, cfg.n_groups, cfg.balance_alpha)
+            return self.model(seqs, users, extra)
         if isinstance(self.model, SASRec):
-            return self.model(seqs, extra), zero
+            return self.model(seqs, extra), None
         if extra is not None:
             raise ValueError(f"{self.architecture} takes no extra inputs")
-        return self.model(seqs), zero
+        return self.model(seqs), None
+
+    def _balance(
+        self, routing: Routing | None, load: torch.Tensor | None, newest_only: bool
+    ) -> torch.Tensor:
+        """MRFF's balance loss (0 for other models).
+
+        Centralized training uses the batch's own routing of every window. A
+        federated client passes ``newest_only`` (its user-level routing is that of
+        its newest window, row 0) and the previous round's ``load`` (L, K).
+        """
+        if routing is None or not isinstance(self.model, MRFF):
+            return torch.zeros(())
+        if newest_only:
+            routing = Routing(routing.groups[:, :1], routing.probs[:, :1])
+        cfg = self.model.config
+        return balance_loss(routing, cfg.n_groups, cfg.balance_alpha, load)
+
+    def training_tensors(self) -> dict[str, torch.Tensor]:
+        """Training windows, one row each: items ``seq`` (N, T + 1) and owner ``user`` (N,)."""
+        return {"seq": self._data, "user": self._users}
+
+    def batch_loss(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        *,
+        load: torch.Tensor | None = None,
+        newest_only: bool = False,
+        gather: bool = True,
+        negatives: torch.Tensor | None = None,
+    ) -> BatchLoss:
+        """Loss of a batch of :meth:`training_tensors` rows.
+
+        ``gather=False`` masks padding by weights instead of indexing it away:
+        same value, no data-dependent shapes, so it runs under ``torch.func.vmap``
+        (the federated simulator). ``negatives`` (M,) fixes the sampled-softmax
+        draw, which a vmapped client cannot make itself.
+        """
+        seq = batch["seq"]
+        inputs, targets = seq[:, :-1], seq[:, 1:]  # (B, T)
+        states, routing = self._encode(inputs, batch["user"])  # (B, T, D)
+        mask = (targets != PAD) & (inputs != PAD)
+        task = self._next_item_loss(states, targets, mask, gather, negatives)
+        return BatchLoss(task, self._balance(routing, load, newest_only), mask.sum(), routing)
 
     def resume(self, epochs: int) -> Self:
         """Train ``epochs`` more epochs, continuing the optimiser and data order."""
@@ -183,24 +233,23 @@ class SequentialRecommender:
         return self
 
     def train_epoch(self) -> float:
-        """One pass over the training sequences; returns the mean per-target loss."""
+        """One pass over the training windows; returns the mean per-target loss."""
         if self.model is None or not self._optims:
             raise RuntimeError("call fit() or setup() first")
-        data, batch_size = self._data, self.train.batch_size
-        self.model.train()
-        order = torch.from_numpy(self._rng.permutation(data.shape[0]))
+        tensors, batch_size = self.training_tensors(), self.train.batch_size
+        modules = list(self._trained_modules().values())
+        for module in modules:
+            module.train()
+        order = torch.from_numpy(self._rng.permutation(tensors["seq"].shape[0]))
         total, count = 0.0, 0
-        for lo in range(0, data.shape[0], batch_size):
+        for lo in range(0, order.shape[0], batch_size):
             rows = order[lo : lo + batch_size]
-            batch = data[rows]
-            inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T)
-            states, aux = self._encode(inputs, self._users[rows])  # (B, T, D)
-            mask = (targets != PAD) & (inputs != PAD)
-            task = self._next_item_loss(states[mask], targets[mask])
-            self._step(task + aux)
-            total += float(task.detach()) * int(mask.sum())
-            count += int(mask.sum())
-        self.model.eval()
+            out = self.batch_loss({key: value[rows] for key, value in tensors.items()})
+            self._step(out.task + out.aux)
+            total += float(out.task.detach()) * int(out.n_targets)
+            count += int(out.n_targets)
+        for module in modules:
+            module.eval()
         self.losses.append(total / max(count, 1))
         return self.losses[-1]
 
@@ -212,20 +261,40 @@ class SequentialRecommender:
         for optim in self._optims:
             optim.step()
 
-    def _next_item_loss(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of targets (N,) (shifted ids) given states (N, D)."""
+    def _next_item_loss(
+        self,
+        states: torch.Tensor,
+        targets: torch.Tensor,
+        mask: torch.Tensor,
+        gather: bool,
+        negatives: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Mean cross-entropy of the masked targets (B, T) (shifted ids) given states (B, T, D)."""
         assert self.model is not None
         cfg = self.train
+        weights = None
+        if gather:
+            states, targets = states[mask], targets[mask]  # (N, D), (N,)
+        else:
+            states = states.reshape(-1, states.shape[-1])
+            weights = mask.reshape(-1).to(states.dtype)
+            targets = targets.reshape(-1).clamp(min=1)  # padding: any valid id, weight 0
         if cfg.loss == "full":
             logits = states @ self.model.items.table()[1:].T  # (N, I)
-            return F.cross_entropy(logits, targets - 1)
-        n_items = self.model.items.config.n_items
-        negatives = torch.from_numpy(self._rng.integers(1, n_items + 1, cfg.n_negatives))
-        positive = (states * self.model.items(targets)).sum(-1, keepdim=True)  # (N, 1)
-        negative = states @ self.model.items(negatives).T  # (N, M)
-        negative = negative.masked_fill(negatives[None] == targets[:, None], float("-inf"))
-        logits = torch.cat([positive, negative], dim=1)
-        return F.cross_entropy(logits, torch.zeros_like(targets))
+            target_index = targets - 1
+        else:
+            if negatives is None:
+                n_items = self.model.items.config.n_items
+                negatives = torch.from_numpy(self._rng.integers(1, n_items + 1, cfg.n_negatives))
+            positive = (states * self.model.items(targets)).sum(-1, keepdim=True)  # (N, 1)
+            negative = states @ self.model.items(negatives).T  # (N, M)
+            negative = negative.masked_fill(negatives[None] == targets[:, None], float("-inf"))
+            logits = torch.cat([positive, negative], dim=1)
+            target_index = torch.zeros_like(targets)
+        if weights is None:
+            return F.cross_entropy(logits, target_index)
+        per_target = F.cross_entropy(logits, target_index, reduction="none")
+        return (per_target * weights).sum() / weights.sum().clamp(min=1.0)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue training bit-for-bit: weights, optimiser, RNGs."""

@@ -40,6 +40,7 @@ from rich.console import Console
 from fedllmrec.data.prepare import Prepared, prepare
 from fedllmrec.data.split import SplitConfig
 from fedllmrec.errors import FedLLMRecError, RecipeError
+from fedllmrec.federated.simulator import FederatedRecommender, FederationConfig
 from fedllmrec.models.base import Recommender
 from fedllmrec.models.baselines import ItemKNN, ItemKNNConfig, Popularity, PopularityConfig
 from fedllmrec.models.ctr import ClickRecommender
@@ -133,7 +134,7 @@ MODEL_BUILDERS: dict[str, ModelBuilder] = {
     "itemknn": ModelBuilder(ItemKNNConfig, lambda options, _: ItemKNN(options)),
 }
 
-SECTIONS = ("data", "model", "trainer", "eval", "description")
+SECTIONS = ("data", "model", "federated", "trainer", "eval", "description")
 
 
 @dataclass
@@ -149,6 +150,7 @@ class Recipe:
     eval_options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     overrides: list[str] = field(default_factory=list)
+    federated: FederationConfig | None = None  # set: train by federated rounds
 
     @property
     def name(self) -> str:
@@ -160,7 +162,12 @@ class Recipe:
         return prepare(data.name, data_dir=data.data_dir, config=data.split, seed=data.seed)
 
     def build_model(self, prepared: Prepared) -> Model:
-        return MODEL_BUILDERS[self.model_kind](self.model_options, prepared)
+        model = MODEL_BUILDERS[self.model_kind](self.model_options, prepared)
+        if self.federated is None:
+            return model
+        if not isinstance(model, SequentialRecommender):
+            raise RecipeError(self.path, "only sequential and click models train federated")
+        return FederatedRecommender(model, self.federated)
 
     def build_evaluator(self, prepared: Prepared) -> Evaluator:
         factory = EVALUATORS[self.eval_kind]
@@ -180,6 +187,7 @@ class Recipe:
                 "kind": self.model_kind,
                 **MODEL_BUILDERS[self.model_kind].record(self.model_options),
             },
+            **({"federated": _jsonable(self.federated)} if self.federated else {}),
             "trainer": _jsonable(self.trainer),
             "eval": {"kind": self.eval_kind, **_record(factory, eval_options, skip)},
         }
@@ -302,11 +310,28 @@ def _from_raw(path: Path, raw: dict[str, Any], overrides: list[str]) -> Recipe:
     factory = EVALUATORS[eval_kind]
     _parse(factory, evaluation, "eval", _first_parameter(factory))
 
+    federated = None
+    if "federated" in raw:
+        if kind not in ("sequential", "click"):
+            raise _Bad("federated", f"model kind {kind!r} cannot train federated")
+        section = dict(_table(raw, "federated"))
+        section.setdefault("seed", trainer.seed)
+        federated = _instantiate(FederationConfig, section, "federated")
+
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise _Bad("description", "must be a string")
     return Recipe(
-        path, data, kind, model, trainer, eval_kind, evaluation, description, list(overrides)
+        path,
+        data,
+        kind,
+        model,
+        trainer,
+        eval_kind,
+        evaluation,
+        description,
+        list(overrides),
+        federated,
     )
 
 

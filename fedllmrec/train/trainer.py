@@ -238,6 +238,8 @@ class Trainer:
                     "epoch": state.epoch,
                     "loss": loss,
                     "train_seconds": round(state.train_seconds, 3),
+                    # e.g. a federated round's participants, dropouts and traffic
+                    **getattr(model, "epoch_info", dict)(),
                 }
                 if state.epoch % self.config.eval_every == 0:
                     valid = evaluator(model, "valid")
@@ -276,7 +278,7 @@ class Trainer:
         elif best_in_memory is not None:
             model.load_state_dict(best_in_memory)
         test = evaluator(model, "test")
-        return self._finish(out, state, test, run_record)
+        return self._finish(out, state, test, run_record, getattr(model, "run_info", dict)())
 
     # ------------------------------------------------------------------ helpers
 
@@ -302,8 +304,14 @@ class Trainer:
         return self._finish(out, state, evaluator(model, "test"), run_record)
 
     def _finish(
-        self, out: Path, state: _State, test: dict[str, float], run_record: dict[str, Any]
+        self,
+        out: Path,
+        state: _State,
+        test: dict[str, float],
+        run_record: dict[str, Any],
+        extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """Write metrics.json (``extra``: model-specific totals, e.g. traffic) and curve.png."""
         metrics: dict[str, Any] = {
             "best_epoch": state.best_epoch,
             "stopped_epoch": state.epoch,
@@ -314,6 +322,7 @@ class Trainer:
             "test": test,
             "history": state.history,
             "train_seconds": round(state.train_seconds, 3),
+            **(extra or {}),
             "config": run_record,
             "machine": machine(),
             "date": dt.datetime.now().isoformat(timespec="seconds"),

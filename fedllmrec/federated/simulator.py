@@ -1,0 +1,308 @@
+"""The in-process federated simulator: every user a client, a round per "epoch".
+
+:class:`FederatedRecommender` wraps a centralized recommender (SASRec, GRU4Rec
+or MRFF; next-item or click) and trains it by federated rounds. It satisfies
+the trainer's :class:`~fedllmrec.train.trainer.Trainable` contract, so early
+stopping on validation, atomic checkpoints every ``eval_every`` rounds, exact
+resume, ``metrics.json`` and the learning curve come from the same trainer as
+centralized runs, and evaluation scores each user with the global model plus
+that user's private state.
+
+A round: sample clients (``fraction``), drop some mid-round (``drop_rate``),
+train the rest locally in chunks batched over clients
+(:func:`~fedllmrec.federated.client.train_clients`), aggregate their uploads
+(:func:`aggregate_round`), write back each survivor's private rows, and keep
+the routing shares as the next round's balance-loss load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import numpy as np
+import torch
+
+from fedllmrec.data.split import Split, UserItemSet
+from fedllmrec.errors import FedLLMRecError
+from fedllmrec.federated.client import (
+    ChunkResult,
+    ClientNet,
+    Engine,
+    LocalConfig,
+    download_bytes,
+    train_clients,
+    upload_bytes,
+)
+from fedllmrec.federated.ownership import Owner, Ownership, declared_ownership
+from fedllmrec.federated.server import aggregate_round, stack_chunks
+from fedllmrec.federated.strategies import (
+    StrategyConfig,
+    client_weights,
+    drop_clients,
+    routing_load,
+    sample_clients,
+)
+from fedllmrec.models.items import PAD
+from fedllmrec.models.mrff import MRFF
+from fedllmrec.models.sequential import SequentialRecommender
+
+
+@dataclass
+class FederationConfig:
+    """How the federation runs (a recipe's ``[federated]`` table).
+
+    Parameters
+    ----------
+    engine : {"vmap", "loop"}
+        Clients batched with ``torch.func.vmap``, or the per-client reference loop.
+    local : LocalConfig
+        Each client's local steps, learning rate and optimiser.
+    strategy : StrategyConfig
+        Aggregation, weighting, sampling, dropout and FedProx.
+    balance_load : bool
+        MRFF: the balance loss uses the previous round's routing shares (none in round 0).
+    chunk_windows : int
+        Upper bound on padded windows per batched chunk (bounds memory).
+    max_clients : int
+        Use only the first ``max_clients`` clients by user id (0: all); for
+        small experiments and tests. Evaluation still covers every user.
+    seed : int
+        Seeds client sampling and dropout.
+    """
+
+    engine: Engine = "vmap"
+    local: LocalConfig = field(default_factory=LocalConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    balance_load: bool = True
+    chunk_windows: int = 2048
+    max_clients: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("vmap", "loop"):
+            raise ValueError(
+                f"FederationConfig.engine must be 'vmap' or 'loop', got {self.engine!r}"
+            )
+        if self.chunk_windows < 1:
+            raise ValueError(
+                f"FederationConfig.chunk_windows must be >= 1, got {self.chunk_windows}"
+            )
+
+
+@dataclass
+class FederatedRecommender:
+    """A sequential recommender trained by federated rounds; every user is a client."""
+
+    base: SequentialRecommender
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    losses: list[float] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    _net: ClientNet | None = field(default=None, repr=False)
+    _ownership: Ownership | None = field(default=None, repr=False)
+    _rng: np.random.Generator = field(default_factory=np.random.default_rng, repr=False)
+    _load: torch.Tensor = field(default_factory=lambda: torch.zeros(0), repr=False)
+    _clients: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    _client_rows: list[np.ndarray] = field(default_factory=list, repr=False)
+    _client_examples: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, split: Split) -> Self:
+        """Build the model (seeded as centrally), its ownership, and each client's windows."""
+        self.base.setup(split)
+        self._net = ClientNet(self.base)
+        self._ownership = own = declared_ownership(self._net)
+        if own.names(Owner.PRIVATE) and own.n_users != split.dataset.n_users:
+            raise FedLLMRecError(f"private tables have {own.n_users} rows, not one per user")
+        tensors = self.base.training_tensors()
+        users = tensors["user"].numpy()
+        order = np.argsort(users, kind="stable")  # keeps each user's newest window first
+        bounds = np.searchsorted(users[order], np.arange(split.dataset.n_users + 1))
+        self._clients = np.flatnonzero(np.diff(bounds) > 0)
+        if self.federation.max_clients:
+            self._clients = self._clients[: self.federation.max_clients]
+        self._client_rows = [order[bounds[u] : bounds[u + 1]] for u in self._clients.tolist()]
+        seq = tensors["seq"]
+        targets = ((seq[:, 1:] != PAD) & (seq[:, :-1] != PAD)).sum(1).numpy()
+        self._client_examples = np.array([targets[rows].sum() for rows in self._client_rows])
+        self._rng = np.random.default_rng(self.federation.seed)
+        self._load = torch.zeros(self._routing_shape())  # round 0: no balance loss
+        self.losses, self.rounds = [], []
+        return self
+
+    def _routing_shape(self) -> tuple[int, int]:
+        model = self.base.model
+        if isinstance(model, MRFF):
+            return model.config.n_layers, model.config.n_groups
+        return 0, 0
+
+    @property
+    def ownership(self) -> Ownership:
+        if self._ownership is None:
+            raise RuntimeError("call setup() first")
+        return self._ownership
+
+    @property
+    def clients(self) -> np.ndarray:
+        """User ids of the clients (users with at least one training window)."""
+        return self._clients
+
+    # ------------------------------------------------------------------ a round
+
+    def train_epoch(self) -> float:
+        """One federated round; returns the participants' example-weighted local loss."""
+        net, own, cfg = self._net, self.ownership, self.federation
+        if net is None:
+            raise RuntimeError("call setup() first")
+        strategy = cfg.strategy
+        index = np.arange(self._clients.shape[0])
+        participants = sample_clients(index, strategy.fraction, strategy.min_clients, self._rng)
+        survivors, dropped = drop_clients(participants, strategy.drop_rate, self._rng)
+        tensors = dict(net.named_parameters()) | dict(net.named_buffers())
+        server = {name: tensors[name].detach().clone() for name in own.names(*SHARED_OWNERS)}
+        results: list[ChunkResult] = []
+        order: list[np.ndarray] = []
+        net.train()
+        for chunk in self._chunks(survivors):
+            results.append(self.train_chunk(chunk, server))
+            order.append(chunk)
+        net.eval()
+        done = np.concatenate(order)
+        n_examples = torch.from_numpy(self._client_examples[done]).to(torch.float64)
+        stacked = stack_chunks(results, n_examples, own)
+        new, _ = aggregate_round(server, stacked, own, strategy)
+        with torch.no_grad():
+            for name, value in new.items():
+                tensors[name].copy_(value)
+            users = torch.from_numpy(self._clients[done])
+            for name in own.names(Owner.PRIVATE):
+                if own[name].is_parameter:
+                    rows = torch.cat([r.private[name] for r in results])  # (C, 1, ...)
+                    tensors[name][users] = rows[:, 0]
+        if cfg.balance_load and stacked.routing.shape[1]:
+            self._load = routing_load(stacked.routing, self._load.shape[1])
+        weights = client_weights(n_examples, "examples")
+        loss = float((torch.cat([r.loss for r in results]).double() * weights).sum())
+        self.losses.append(loss)
+        self.rounds.append(
+            {
+                "participants": int(participants.shape[0]),
+                "dropped": int(dropped.shape[0]),
+                "bytes_up": int(survivors.shape[0]) * upload_bytes(own),
+                "bytes_down": int(participants.shape[0]) * download_bytes(own),
+            }
+        )
+        return loss
+
+    def train_chunk(self, chunk: np.ndarray, server: Mapping[str, torch.Tensor]) -> ChunkResult:
+        """Local training of the clients at positions ``chunk`` of :attr:`clients`."""
+        assert self._net is not None
+        own, cfg = self.ownership, self.federation
+        tensors = self.base.training_tensors()
+        rows = [self._client_rows[c] for c in chunk.tolist()]
+        width = max(r.shape[0] for r in rows)
+        batch = {}
+        for key, value in tensors.items():
+            padded = value.new_zeros(len(rows), width, *value.shape[1:])
+            for i, r in enumerate(rows):
+                padded[i, : r.shape[0]] = value[torch.from_numpy(r)]
+            batch[key] = padded
+        batch["user"] = torch.zeros_like(batch["user"])  # each client sees its own row as row 0
+        every = dict(self._net.named_parameters()) | dict(self._net.named_buffers())
+        users = torch.from_numpy(self._clients[chunk])
+        private = {name: every[name].detach()[users][:, None] for name in own.names(Owner.PRIVATE)}
+        return train_clients(
+            self._net,
+            own,
+            server,
+            private,
+            batch,
+            self._load,
+            cfg.local,
+            cfg.strategy.proximal_mu,
+            cfg.engine,
+        )
+
+    def _chunks(self, positions: np.ndarray) -> Iterator[np.ndarray]:
+        """Clients grouped by window count, so padding inside a chunk stays small."""
+        counts = np.array([self._client_rows[p].shape[0] for p in positions.tolist()])
+        ordered = positions[np.argsort(counts, kind="stable")]
+        counts = np.sort(counts, kind="stable")
+        start = 0
+        while start < ordered.shape[0]:
+            end = start + 1
+            while (
+                end < ordered.shape[0]
+                and (end - start + 1) * counts[end] <= self.federation.chunk_windows
+            ):
+                end += 1
+            yield ordered[start:end]
+            start = end
+
+    # ------------------------------------------------------------------ records
+
+    def epoch_info(self) -> dict[str, Any]:
+        """The latest round's participation and traffic (a row of metrics.json's history)."""
+        return dict(self.rounds[-1]) if self.rounds else {}
+
+    def run_info(self) -> dict[str, Any]:
+        """Totals for metrics.json: participation, traffic, parameter owners."""
+        own = self.ownership
+        full = 4 * own.numel(Owner.GLOBAL, Owner.GROUP, Owner.PRIVATE)
+        return {
+            "federated": {
+                "clients": int(self._clients.shape[0]),
+                "rounds": len(self.rounds),
+                "dropped_total": sum(r["dropped"] for r in self.rounds),
+                "bytes_up_total": sum(r["bytes_up"] for r in self.rounds),
+                "bytes_down_total": sum(r["bytes_down"] for r in self.rounds),
+                "upload_bytes_per_client": upload_bytes(own),
+                "download_bytes_per_client": download_bytes(own),
+                "full_model_bytes": full,
+                "scalars_by_owner": own.summary(),
+            }
+        }
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Server tensors, every client's private rows, RNG, load and history."""
+        if self._net is None:
+            raise RuntimeError("call setup() first")
+        return {
+            "net": self._net.state_dict(),
+            "rng": self._rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "load": self._load.clone(),
+            "losses": list(self.losses),
+            "rounds": [dict(r) for r in self.rounds],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._net is None:
+            raise RuntimeError("call setup() before load_state_dict()")
+        self._net.load_state_dict(state["net"])
+        self._rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        self._load = state["load"].clone()
+        self.losses = list(state["losses"])
+        self.rounds = [dict(r) for r in state["rounds"]]
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, users: np.ndarray, items: np.ndarray, history: UserItemSet) -> np.ndarray:
+        """Each user scored by the global model with that user's private state."""
+        return self.base.score(users, items, history)
+
+    def evaluate(self, role: str) -> dict[str, float]:
+        """Click metrics (AUC, LogLoss) when the wrapped recommender predicts clicks."""
+        evaluate = getattr(self.base, "evaluate", None)
+        if evaluate is None:
+            raise FedLLMRecError(f"{type(self.base).__name__} does not predict clicks")
+        result: dict[str, float] = evaluate(role)
+        return result
+
+
+SHARED_OWNERS = (Owner.GLOBAL, Owner.GROUP)

@@ -1,0 +1,281 @@
+"""Federated runtime on real KuaiSAR-R and ml-100k: ownership, uploads, engines, rounds, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedllmrec.data.prepare import Prepared
+from fedllmrec.data.schema import RecDataset
+from fedllmrec.data.split import Split, leave_one_out
+from fedllmrec.federated.client import ClientUpload, LocalConfig, make_upload
+from fedllmrec.federated.ownership import Owner, OwnershipError, declared_ownership
+from fedllmrec.federated.server import stack_uploads
+from fedllmrec.federated.simulator import FederatedRecommender, FederationConfig
+from fedllmrec.federated.strategies import StrategyConfig, routing_load
+from fedllmrec.models.ctr import ClickRecommender
+from fedllmrec.models.owners import Owner as ModelOwner
+from fedllmrec.models.sequential import SequentialRecommender
+from fedllmrec.train.evaluators import RankingEvaluator
+from fedllmrec.train.trainer import Trainer, TrainerConfig
+
+torch.set_num_threads(1)
+
+USER_FEATURES = ["onehot_feat1", "onehot_feat2", "search_active_level", "reco_active_level"]
+
+
+@pytest.fixture(scope="module")
+def kuaisar_split(kuaisar: RecDataset) -> Split:
+    return leave_one_out(kuaisar)
+
+
+def click_mrff(**federation: object) -> FederatedRecommender:
+    """A small MRFF click model on real KuaiSAR-R clients (dropout 0: engines comparable)."""
+    base = ClickRecommender(
+        architecture="mrff", dim=16, max_len=20, dropout=0.0, user_features=USER_FEATURES
+    )
+    options: dict[str, object] = {"max_clients": 24, "chunk_windows": 16}
+    options.update(federation)
+    return FederatedRecommender(base, FederationConfig(**options))  # type: ignore[arg-type]
+
+
+def shared_state(fed: FederatedRecommender) -> dict[str, torch.Tensor]:
+    state = fed.state_dict()["net"]
+    names = fed.ownership.names(Owner.GLOBAL, Owner.GROUP)
+    return {name: state[name].clone() for name in names}
+
+
+# ---------------------------------------------------------------- ownership
+
+
+def test_every_tensor_of_mrff_has_a_checked_owner(kuaisar_split: Split) -> None:
+    fed = click_mrff().setup(kuaisar_split)
+    own = fed.ownership
+    n_users = kuaisar_split.dataset.n_users
+    assert own.n_users == n_users
+    by_owner = {owner: own.names(owner) for owner in Owner}
+    assert all(by_owner.values()), "MRFF has frozen, global, group and private tensors"
+    # Private: the user embedding, each layer's user FFN rows, the user's feature values.
+    assert set(by_owner[Owner.PRIVATE]) == {
+        "model.user_emb.weight",
+        "model.blocks.0.user_ffn.rows.weight",
+        "model.blocks.1.user_ffn.rows.weight",
+        "model.user_features",
+    }
+    # Group: every group FFN tensor, with its routing layer; K = 4 groups on axis 0.
+    for name in by_owner[Owner.GROUP]:
+        assert ".group_ffn." in name and own[name].shape[0] == 4
+        assert own[name].layer == int(name.split(".")[2])
+    assert by_owner[Owner.FROZEN] == ["model.items.features"]
+    # Every parameter and buffer is claimed exactly once.
+    net = fed._net
+    assert net is not None
+    every = [n for n, _ in net.named_parameters()] + [n for n, _ in net.named_buffers()]
+    assert sorted(every) == sorted(own)
+
+
+class _Undeclared(nn.Module):
+    OWNERS = {"a.*": ModelOwner.GLOBAL}  # noqa: RUF012 - a deliberately faulty declaration
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(2, 2)
+        self.b = nn.Linear(2, 2)
+
+
+class _Typo(nn.Module):
+    OWNERS = {"a.*": ModelOwner.GLOBAL, " b.*": ModelOwner.GLOBAL}  # noqa: RUF012 - MRFF's bug
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(2, 2)
+
+
+class _Twice(nn.Module):
+    OWNERS = {"a.*": ModelOwner.GLOBAL, "a.weight": ModelOwner.GLOBAL}  # noqa: RUF012
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(2, 2)
+
+
+def test_a_faulty_declaration_is_an_error() -> None:
+    with pytest.raises(OwnershipError, match=r"b\.weight: no pattern"):
+        declared_ownership(_Undeclared())
+    # MRFF's released code split its name lists on ',' without stripping: ' b.*' claims nothing.
+    with pytest.raises(OwnershipError, match=r"' b\.\*' claims no tensor"):
+        declared_ownership(_Typo())
+    with pytest.raises(OwnershipError, match="several patterns"):
+        declared_ownership(_Twice())
+    with pytest.raises(OwnershipError, match="no enclosing module"):
+        declared_ownership(nn.Linear(2, 2))
+
+
+# ---------------------------------------------------------------- uploads
+
+
+def _windows(data: bytes, row: torch.Tensor, width: int = 8) -> list[bytes]:
+    raw = row.detach().contiguous().numpy().tobytes()
+    return [raw[i : i + width] for i in range(0, len(raw) - width + 1, 4)]
+
+
+def test_an_upload_holds_no_private_byte(kuaisar_split: Split) -> None:
+    fed = click_mrff(max_clients=4).setup(kuaisar_split)
+    own = fed.ownership
+    before = {n: t.clone() for n, t in fed.state_dict()["net"].items()}
+    server = shared_state(fed)
+    result = fed.train_chunk(np.arange(4), server)
+    user = int(fed.clients[0])
+    upload = make_upload(user, int(fed._client_examples[0]), result, 0, own)
+    wire = upload.to_bytes()
+    # Names: every global delta, and per group tensor exactly the routed group's slice.
+    groups = [n for n in own.names(Owner.GROUP)]
+    expected = set(own.names(Owner.GLOBAL)) | {
+        f"{n}/{upload.routing[own[n].layer or 0]}" for n in groups
+    }
+    assert set(upload.arrays) == expected
+    assert set(ClientUpload.from_bytes(wire).arrays) == expected
+    # Bytes: no 8-byte run of the client's private rows, before or after training, is sent.
+    private_rows = [before[n][user] for n in own.names(Owner.PRIVATE) if own[n].is_parameter]
+    private_rows += [result.private[n][0, 0] for n in result.private]
+    checked = 0
+    for row in private_rows:
+        for window in _windows(wire, row):
+            if window.strip(b"\x00"):  # zero bytes are not information about the user
+                assert window not in wire
+                checked += 1
+    assert checked > 1000
+    # The check has teeth: a leaked private row is caught.
+    leaky = dataclasses.replace(
+        upload, arrays={**upload.arrays, "x": result.private["model.user_emb.weight"][0, 0]}
+    )
+    assert any(
+        w in leaky.to_bytes() for w in _windows(wire, result.private["model.user_emb.weight"][0, 0])
+    )
+    # And the size is what the round accounts for (payload + small header).
+    from fedllmrec.federated.client import upload_bytes
+
+    assert upload_bytes(own) <= len(wire) < upload_bytes(own) + 16_384
+
+
+# ---------------------------------------------------------------- engines
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_vmap_simulator_matches_the_per_client_loop(kuaisar_split: Split, steps: int) -> None:
+    runs = {}
+    for engine in ("vmap", "loop"):
+        fed = click_mrff(engine=engine, local=LocalConfig(steps=steps, lr=0.01))
+        fed.setup(kuaisar_split)
+        losses = [fed.train_epoch() for _ in range(2)]
+        runs[engine] = (fed, losses, shared_state(fed), fed.evaluate("valid"))
+    vmapped, looped = runs["vmap"], runs["loop"]
+    np.testing.assert_allclose(vmapped[1], looped[1], rtol=1e-5)
+    for name, value in vmapped[2].items():
+        torch.testing.assert_close(value, looped[2][name], rtol=1e-4, atol=2e-5)
+    private = vmapped[0].ownership.names(Owner.PRIVATE)
+    for name in private:
+        torch.testing.assert_close(
+            vmapped[0].state_dict()["net"][name], looped[0].state_dict()["net"][name],
+            rtol=1e-4, atol=2e-5,
+        )  # fmt: skip
+    assert vmapped[3]["AUC"] == pytest.approx(looped[3]["AUC"], abs=1e-6)
+
+
+def test_upload_path_aggregates_like_the_simulator(kuaisar_split: Split) -> None:
+    """Serialised per-client uploads, restacked (the Flower path), give the same tensors."""
+    from fedllmrec.federated.server import aggregate_round, stack_chunks
+
+    fed = click_mrff(max_clients=6).setup(kuaisar_split)
+    own, strategy = fed.ownership, StrategyConfig(weighting="uniform")
+    server = shared_state(fed)
+    chunk = np.arange(6)
+    result = fed.train_chunk(chunk, server)
+    n = torch.from_numpy(fed._client_examples[chunk]).double()
+    direct, _ = aggregate_round(server, stack_chunks([result], n, own), own, strategy)
+    uploads = [
+        ClientUpload.from_bytes(make_upload(i, int(n[i]), result, i, own).to_bytes())
+        for i in range(6)
+    ]
+    wired, updated = aggregate_round(server, stack_uploads(uploads, own), own, strategy)
+    for name in direct:
+        torch.testing.assert_close(direct[name], wired[name])
+    # Group-wise: a group nobody was routed to is left exactly as it was.
+    for name, changed in updated.items():
+        for k, was_updated in enumerate(changed):
+            if not was_updated:
+                assert torch.equal(wired[name][k], server[name][k])
+        routed = {u.routing[own[name].layer or 0] for u in uploads}
+        assert {k for k, c in enumerate(changed) if c} == routed
+
+
+# ---------------------------------------------------------------- rounds
+
+
+def test_sampling_dropout_and_private_state(kuaisar_split: Split) -> None:
+    strategy = StrategyConfig(fraction=0.5, drop_rate=0.3)
+    fed = click_mrff(strategy=strategy).setup(kuaisar_split)
+    net_before = {n: t.clone() for n, t in fed.state_dict()["net"].items()}
+    fed.train_epoch()
+    info = fed.epoch_info()
+    assert info["participants"] == 12 and 0 < info["dropped"] < 12
+    survivors = info["participants"] - info["dropped"]
+    from fedllmrec.federated.client import download_bytes, upload_bytes
+
+    assert info["bytes_up"] == survivors * upload_bytes(fed.ownership)
+    assert info["bytes_down"] == 12 * download_bytes(fed.ownership)
+    after = fed.state_dict()["net"]
+    moved = (after["model.user_emb.weight"] != net_before["model.user_emb.weight"]).any(1)
+    # Exactly the surviving participants' private rows moved; everyone else kept theirs.
+    assert int(moved.sum()) == survivors
+    assert set(np.flatnonzero(moved.numpy())) <= set(fed.clients.tolist())
+    # MRFF's balance-loss load: round 0 has none, the next round uses this round's shares.
+    assert fed._load.shape == (2, 4)
+    assert fed._load.sum(1).tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_routing_load_feeds_the_next_round(kuaisar_split: Split) -> None:
+    fed = click_mrff().setup(kuaisar_split)
+    assert torch.equal(fed._load, torch.zeros(2, 4))
+    server = shared_state(fed)
+    chunk = np.arange(24)
+    result = fed.train_chunk(chunk, server)
+    fed2 = click_mrff(chunk_windows=1000).setup(kuaisar_split)
+    fed2.train_epoch()
+    torch.testing.assert_close(fed2._load, routing_load(result.routing, 4))
+
+
+def test_fedprox_pulls_local_models_towards_the_global_one(kuaisar_split: Split) -> None:
+    norms = []
+    for mu in (0.0, 10.0):  # lr * mu = 0.5: each step halves the distance to the anchor
+        strategy = StrategyConfig(proximal_mu=mu)
+        fed = click_mrff(local=LocalConfig(steps=4, lr=0.05, optimizer="sgd"), strategy=strategy)
+        fed.setup(kuaisar_split)
+        result = fed.train_chunk(np.arange(24), shared_state(fed))
+        norms.append(sum(float(d.norm()) for d in result.shared_delta.values()))
+    assert norms[1] < 0.5 * norms[0]
+
+
+def test_federated_training_resumes_exactly(ml100k_prepared: Prepared, tmp_path: Path) -> None:
+    def model() -> FederatedRecommender:
+        base = SequentialRecommender(architecture="mrff", dim=16, max_len=20, dropout=0.1)
+        return FederatedRecommender(
+            base, FederationConfig(max_clients=40, local=LocalConfig(lr=0.01))
+        )
+
+    evaluator = RankingEvaluator(ml100k_prepared)
+    config = TrainerConfig(max_epochs=4, eval_every=2, patience=0, seed=3)
+    whole = Trainer(config, quiet=True).run(model(), ml100k_prepared, evaluator, tmp_path / "a")
+    cut = dataclasses.replace(config, max_epochs=2)
+    Trainer(cut, quiet=True).run(model(), ml100k_prepared, evaluator, tmp_path / "b")
+    resumed = Trainer(config, quiet=True).run(model(), ml100k_prepared, evaluator, tmp_path / "b")
+    assert resumed["test"] == whole["test"]
+    assert [r["loss"] for r in resumed["history"]] == [r["loss"] for r in whole["history"]]
+    assert resumed["federated"]["rounds"] == 4
+    assert resumed["federated"]["bytes_up_total"] == whole["federated"]["bytes_up_total"] > 0
+    assert whole["history"][0]["participants"] == 40

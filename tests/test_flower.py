@@ -1,0 +1,260 @@
+"""The Flower app against the in-process simulator on real KuaiSAR-R (MRFF click model).
+
+The parity test runs a 3-node Flower simulation (``run_simulation``, Ray backend,
+one actor) and the simulator from the same recipe and seeds: per-round losses,
+final global and group tensors and the held-out click probabilities (which use
+each client's private rows, kept on its node) must agree up to float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict, UserConfig
+from safetensors.torch import load_file
+
+from fedllmrec.errors import FedLLMRecError
+from fedllmrec.federated.client import ClientUpload
+from fedllmrec.federated.flower import (
+    PRIVATE_STATE,
+    RUN_CONFIG_DEFAULTS,
+    AppConfig,
+    RecipeSource,
+    _local,
+    _shared_tensors,
+    _tensor_record,
+    build_federation,
+    client_app,
+    make_server_app,
+    node_partition,
+    partition_positions,
+)
+from fedllmrec.federated.ownership import Owner
+from fedllmrec.federated.simulator import FederatedRecommender
+
+REPO = Path(__file__).resolve().parents[1]
+ROUNDS = 3
+# Small and deterministic (no dropout); fraction 0.67 samples 2 of the 3 clients a round,
+# so the server's seeded sampling must pick the simulator's participants.
+OVERRIDES = (
+    "model.max_len=20",
+    "model.dim=16",
+    "model.dropout=0",
+    "model.user_hidden=8",
+    "federated.max_clients=3",
+    "federated.strategy.fraction=0.67",
+)
+
+
+@pytest.fixture(scope="module")
+def source(data_root: Path) -> RecipeSource:
+    if not (data_root / "kuaisar-r-mrff").is_dir():
+        pytest.skip(f"real data {data_root / 'kuaisar-r-mrff'} not present (set FEDLLMREC_DATA)")
+    torch.set_num_threads(1)
+    return RecipeSource.read(REPO / "recipes" / "mrff-fed-kuaisar.toml", OVERRIDES, str(data_root))
+
+
+@pytest.fixture(scope="module")
+def simulated(source: RecipeSource) -> FederatedRecommender:
+    fed = build_federation(source)
+    for _ in range(ROUNDS):
+        fed.train_epoch()
+    return fed
+
+
+class _Descendants:
+    """Every process started below this one while active, sampled often enough to see Ray's
+    workers before ``ray.shutdown`` orphans them (they then exit on their own, a bit later)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, psutil.Process] = {}
+        self._before = {p.pid for p in psutil.Process().children(recursive=True)}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.1):
+            self.sample()
+
+    def sample(self) -> None:
+        for process in psutil.Process().children(recursive=True):
+            if process.pid not in self._before:
+                self.seen.setdefault(process.pid, process)
+
+    def __enter__(self) -> _Descendants:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def stop_all(self, grace: float) -> list[int]:
+        """Wait ``grace`` seconds for them to exit, then kill the rest (by pid; psutil checks
+        each is still the process it saw). Returns the pids that had to be killed."""
+        _, alive = psutil.wait_procs(list(self.seen.values()), timeout=grace)
+        for process in alive:
+            process.kill()
+        psutil.wait_procs(alive, timeout=10)
+        return [p.pid for p in alive]
+
+
+@pytest.fixture(scope="module")
+def flower_run(source: RecipeSource, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Run the Flower simulation once; every process it starts is gone afterwards."""
+    import ray
+    from flwr.simulation import run_simulation
+
+    out = tmp_path_factory.mktemp("flower")
+    config: UserConfig = {
+        "num-server-rounds": ROUNDS,
+        "recipe": str(REPO / "recipes" / "mrff-fed-kuaisar.toml"),
+        "set": "; ".join(OVERRIDES),
+        "data-dir": source.data_dir,
+        "out-dir": str(out),
+        "num-threads": 1,
+    }
+    pythonpath = os.environ.get("PYTHONPATH")  # the Ray backend rewrites it for its workers
+    with _Descendants() as started:
+        try:
+            run_simulation(
+                make_server_app(config),
+                client_app,
+                num_supernodes=3,
+                # One actor on one CPU: the machine is shared, and one actor serving every
+                # node exercises per-node state (private rows), not per-process memory.
+                backend_config={
+                    "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                    "init_args": {"num_cpus": 1, "include_dashboard": False},
+                },
+            )
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+            if pythonpath is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = pythonpath
+    assert started.seen, "the simulation ran no worker process"
+    killed = started.stop_all(grace=30.0)
+    assert not killed, f"processes still running 30 s after the simulation: {killed}"
+    yield out
+
+
+def test_flower_matches_simulator(simulated: FederatedRecommender, flower_run: Path) -> None:
+    history = json.loads((flower_run / "history.json").read_text())
+    assert history["clients"] == 3 and history["partitions"] == 3
+    np.testing.assert_allclose(history["losses"], simulated.losses, rtol=1e-6)
+    for flower, sim in zip(history["rounds"], simulated.rounds, strict=True):
+        assert flower["participants"] == sim["participants"] == 2
+        assert flower["dropped"] == flower["failed"] == 0
+        assert flower["bytes_up"] == sim["bytes_up"]
+        assert flower["wire_bytes_up"] >= flower["bytes_up"]  # payload + safetensors headers
+
+    final = load_file(flower_run / "server.safetensors")
+    shared = _shared_tensors(simulated)
+    assert final.keys() == shared.keys()
+    own = simulated.ownership
+    assert set(final) == set(own.names(Owner.GLOBAL, Owner.GROUP))
+    assert own.names(Owner.GROUP), "the MRFF model has group tensors"
+    for name, value in shared.items():
+        torch.testing.assert_close(final[name], value.detach(), rtol=1e-5, atol=1e-6)
+
+    # Held-out predictions: global model + each client's private rows, kept on its node.
+    saved = np.load(flower_run / "predictions_valid.npz")
+    assert saved["user"].tolist() == simulated.clients.tolist()
+    probs, labels = simulated.base.predict("valid")  # type: ignore[attr-defined]
+    split = simulated.base.split
+    assert split is not None
+    users = split.dataset.user[split.rows("valid")]
+    keep = np.isin(users, simulated.clients)
+    np.testing.assert_allclose(saved["prob"], probs[keep], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(saved["label"], labels[keep])
+    assert history["metrics"]["rows"] == 3
+
+
+def _message(content: RecordDict, message_type: str) -> Message:
+    return Message(content, dst_node_id=1, message_type=message_type)
+
+
+def test_client_uploads_shared_deltas_only_and_keeps_private_rows(source: RecipeSource) -> None:
+    local = _local(source)
+    fed = local.fed
+    own = fed.ownership
+    context = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 1, "num-partitions": 2},
+        state=RecordDict(),
+        run_config={},
+    )
+    content = RecordDict(
+        {
+            "recipe": source.to_record(),
+            "run": ConfigRecord({"num-threads": 1, "round": 1, "clients": [1]}),
+            "shared": _tensor_record(_shared_tensors(fed)),
+            "load": _tensor_record({"load": torch.zeros(fed._load.shape)}),
+        }
+    )
+    reply = client_app(_message(content, "train"), context)
+    assert not reply.has_error()
+    uploads = reply.content.config_records["uploads"]
+    assert list(uploads) == ["1"]
+    data = uploads["1"]
+    assert isinstance(data, bytes)
+    upload = ClientUpload.from_bytes(data)
+    assert upload.client == int(fed.clients[1])
+    group_names = own.names(Owner.GROUP)
+    expected = set(own.names(Owner.GLOBAL)) | {
+        f"{name}/{upload.routing[own[name].layer or 0]}" for name in group_names
+    }
+    assert set(upload.arrays) == expected  # no private tensor, one slice per group tensor
+    private = [n for n in own.names(Owner.PRIVATE) if own[n].is_parameter]
+    stored = context.state.array_records[PRIVATE_STATE]
+    assert set(stored) == {f"{upload.client}/{name}" for name in private}
+
+    # A client of another partition is refused.
+    content["run"] = ConfigRecord({"num-threads": 1, "round": 1, "clients": [0]})
+    with pytest.raises(FedLLMRecError, match="another partition"):
+        client_app(_message(content, "train"), context)
+
+
+def test_partitions_cover_every_client_once() -> None:
+    for n_clients, parts in [(3, 3), (10, 3), (2, 4)]:
+        seen = np.concatenate([partition_positions(n_clients, p, parts) for p in range(parts)])
+        assert sorted(seen.tolist()) == list(range(n_clients))
+    assert node_partition({"partition-id": 1, "num-partitions": 2}) == (1, 2)
+    with pytest.raises(FedLLMRecError, match="partition-id"):
+        node_partition({})
+    with pytest.raises(FedLLMRecError, match="not in"):
+        node_partition({"partition-id": 2, "num-partitions": 2})
+
+
+def test_run_config() -> None:
+    config = AppConfig.from_run_config({"set": "model.dim=8; federated.max_clients=4\n"})
+    assert config.overrides == ("model.dim=8", "federated.max_clients=4")
+    with pytest.raises(FedLLMRecError, match="unknown run config"):
+        AppConfig.from_run_config({"num-rounds": 2})
+    with pytest.raises(FedLLMRecError, match="num-server-rounds"):
+        AppConfig.from_run_config({"num-server-rounds": 0})
+
+
+def test_pyproject_declares_the_app() -> None:
+    from flwr.common.config import validate_config
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    valid, errors, _ = validate_config(config, check_module=True, project_dir=REPO)
+    assert valid, errors
+    app = config["tool"]["flwr"]["app"]
+    assert app["config"] == RUN_CONFIG_DEFAULTS  # `flwr run` overrides only declared keys
+    assert "federations" not in config["tool"]["flwr"]  # flwr 1.41 would rewrite the file
