@@ -189,7 +189,7 @@ def test_vmap_simulator_matches_the_per_client_loop(kuaisar_split: Split, steps:
 
 def test_upload_path_aggregates_like_the_simulator(kuaisar_split: Split) -> None:
     """Serialised per-client uploads, restacked (the Flower path), give the same tensors."""
-    from fedllmrec.federated.server import aggregate_round, stack_chunks
+    from fedllmrec.federated.server import MeanAccumulator, aggregate_round, stack_chunks
 
     fed = click_mrff(max_clients=6).setup(kuaisar_split)
     own, strategy = fed.ownership, StrategyConfig(weighting="uniform")
@@ -205,6 +205,15 @@ def test_upload_path_aggregates_like_the_simulator(kuaisar_split: Split) -> None
     wired, updated = aggregate_round(server, stack_uploads(uploads, own), own, strategy)
     for name in direct:
         torch.testing.assert_close(direct[name], wired[name])
+    # The simulator's streaming mean, fed the clients in two chunks, agrees too.
+    halves = [np.arange(3), np.arange(3, 6)]
+    accumulator = MeanAccumulator(own, strategy)
+    for half in halves:
+        accumulator.add(fed.train_chunk(half, server), torch.ones(3, dtype=torch.float64))
+    streamed, streamed_updated = accumulator.finish(server)
+    assert streamed_updated == updated
+    for name in direct:
+        torch.testing.assert_close(streamed[name], direct[name], rtol=1e-5, atol=1e-7)
     # Group-wise: a group nobody was routed to is left exactly as it was.
     for name, changed in updated.items():
         for k, was_updated in enumerate(changed):

@@ -277,10 +277,12 @@ def train_clients(
 
 
 def _first_step(grad: torch.Tensor, config: LocalConfig) -> torch.Tensor:
-    """The update of a fresh optimiser's first step (torch.optim's Adam or SGD, defaults)."""
+    """The update of a fresh optimiser's first step (torch.optim's Adam or SGD); reuses ``grad``."""
     if config.optimizer == "sgd":
-        return -config.lr * grad
-    return -config.lr * grad / (grad.abs() + 1e-8)
+        return grad.mul_(-config.lr)
+    # In place: the per-client gradients are the largest tensors of a round.
+    denom = grad.abs().add_(1e-8)
+    return grad.div_(denom).mul_(-config.lr)
 
 
 @contextlib.contextmanager

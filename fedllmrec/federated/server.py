@@ -110,3 +110,59 @@ def stack_uploads(uploads: list[ClientUpload], ownership: Ownership) -> Stacked:
                     routed[c, k] = True
         stacked.group_delta[name], stacked.routed[name] = deltas, routed
     return stacked
+
+
+class MeanAccumulator:
+    """The "mean" aggregation of :func:`aggregate_round`, one chunk of clients at a time.
+
+    A weighted mean needs only running sums, so the simulator never holds the
+    deltas of all clients at once (robust aggregators need them all: they use
+    :func:`aggregate_round` on the stacked uploads). Per group, the weights are
+    renormalised over the clients routed to it, as in ``aggregate_groups``.
+    """
+
+    def __init__(self, ownership: Ownership, strategy: StrategyConfig) -> None:
+        if strategy.aggregator != "mean":
+            raise ValueError(f"streaming aggregation is for 'mean', not {strategy.aggregator!r}")
+        self.ownership, self.strategy = ownership, strategy
+        self.sums: dict[str, torch.Tensor] = {}
+        self.group_weight: dict[str, torch.Tensor] = {}  # (K,) summed weight of routed clients
+        self.total = 0.0
+
+    def add(self, result: ChunkResult, raw_weights: torch.Tensor) -> None:
+        """Fold in a chunk's deltas with unnormalised weights (C,) (examples, or ones)."""
+        w = raw_weights.to(torch.float32)
+        self.total += float(raw_weights.double().sum())
+        for name in self.ownership.names(Owner.GLOBAL):
+            part = torch.tensordot(w, result.shared_delta[name], dims=1)  # (*shape)
+            self.sums[name] = self.sums[name] + part if name in self.sums else part
+        for name in self.ownership.names(Owner.GROUP):
+            spec = self.ownership[name]
+            assert spec.layer is not None
+            routed = result.routing[:, spec.layer]  # (C,)
+            chosen = (routed[:, None] == torch.arange(spec.shape[0])).to(torch.float32)  # (C, K)
+            wk = w[:, None] * chosen  # (C, K): a client counts only for its routed group
+            part = torch.einsum("ck,ck...->k...", wk, result.shared_delta[name])
+            self.sums[name] = self.sums[name] + part if name in self.sums else part
+            weight = wk.sum(0).double()
+            self.group_weight[name] = self.group_weight.get(name, 0) + weight
+
+    def finish(
+        self, server: Mapping[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, list[bool]]]:
+        """New tensors and which groups changed, as :func:`aggregate_round` returns them."""
+        if self.total <= 0:
+            raise ValueError("no client weight was accumulated")
+        new: dict[str, torch.Tensor] = {}
+        updated: dict[str, list[bool]] = {}
+        lr = self.strategy.server_lr
+        for name in self.ownership.names(Owner.GLOBAL):
+            new[name] = apply_delta(server[name], self.sums[name] / self.total, lr)
+        for name in self.ownership.names(Owner.GROUP):
+            weight = self.group_weight[name]  # (K,)
+            changed = weight > 0
+            scale = torch.where(changed, 1.0 / weight.clamp(min=1e-300), 0.0).to(torch.float32)
+            view = scale.reshape(-1, *([1] * (self.sums[name].dim() - 1)))
+            new[name] = apply_delta(server[name], self.sums[name] * view, lr)
+            updated[name] = changed.tolist()
+        return new, updated

@@ -36,7 +36,7 @@ from fedllmrec.federated.client import (
     upload_bytes,
 )
 from fedllmrec.federated.ownership import Owner, Ownership, declared_ownership
-from fedllmrec.federated.server import aggregate_round, stack_chunks
+from fedllmrec.federated.server import MeanAccumulator, aggregate_round, stack_chunks
 from fedllmrec.federated.strategies import (
     StrategyConfig,
     client_weights,
@@ -76,7 +76,7 @@ class FederationConfig:
     local: LocalConfig = field(default_factory=LocalConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     balance_load: bool = True
-    chunk_windows: int = 2048
+    chunk_windows: int = 128
     max_clients: int = 0
     seed: int = 0
 
@@ -162,29 +162,38 @@ class FederatedRecommender:
         survivors, dropped = drop_clients(participants, strategy.drop_rate, self._rng)
         tensors = dict(net.named_parameters()) | dict(net.named_buffers())
         server = {name: tensors[name].detach().clone() for name in own.names(*SHARED_OWNERS)}
-        results: list[ChunkResult] = []
-        order: list[np.ndarray] = []
+        # A mean needs running sums only; robust aggregators need every client's delta.
+        accumulator = MeanAccumulator(own, strategy) if strategy.aggregator == "mean" else None
+        kept: list[ChunkResult] = []
+        done_parts, routing_parts, loss_parts = [], [], []
         net.train()
         for chunk in self._chunks(survivors):
-            results.append(self.train_chunk(chunk, server))
-            order.append(chunk)
+            result = self.train_chunk(chunk, server)
+            examples = torch.from_numpy(self._client_examples[chunk]).to(torch.float64)
+            if accumulator is None:
+                kept.append(result)
+            else:
+                raw = examples if strategy.weighting == "examples" else torch.ones_like(examples)
+                accumulator.add(result, raw)
+            self._keep_private(chunk, result)
+            done_parts.append(chunk)
+            routing_parts.append(result.routing)
+            loss_parts.append(result.loss)
         net.eval()
-        done = np.concatenate(order)
+        done = np.concatenate(done_parts)
         n_examples = torch.from_numpy(self._client_examples[done]).to(torch.float64)
-        stacked = stack_chunks(results, n_examples, own)
-        new, _ = aggregate_round(server, stacked, own, strategy)
+        routing = torch.cat(routing_parts)
+        if accumulator is None:
+            new, _ = aggregate_round(server, stack_chunks(kept, n_examples, own), own, strategy)
+        else:
+            new, _ = accumulator.finish(server)
         with torch.no_grad():
             for name, value in new.items():
                 tensors[name].copy_(value)
-            users = torch.from_numpy(self._clients[done])
-            for name in own.names(Owner.PRIVATE):
-                if own[name].is_parameter:
-                    rows = torch.cat([r.private[name] for r in results])  # (C, 1, ...)
-                    tensors[name][users] = rows[:, 0]
-        if cfg.balance_load and stacked.routing.shape[1]:
-            self._load = routing_load(stacked.routing, self._load.shape[1])
+        if cfg.balance_load and routing.shape[1]:
+            self._load = routing_load(routing, self._load.shape[1])
         weights = client_weights(n_examples, "examples")
-        loss = float((torch.cat([r.loss for r in results]).double() * weights).sum())
+        loss = float((torch.cat(loss_parts).double() * weights).sum())
         self.losses.append(loss)
         self.rounds.append(
             {
@@ -195,6 +204,15 @@ class FederatedRecommender:
             }
         )
         return loss
+
+    def _keep_private(self, chunk: np.ndarray, result: ChunkResult) -> None:
+        """Each client of ``chunk`` keeps its new private rows (they are never uploaded)."""
+        assert self._net is not None
+        every = dict(self._net.named_parameters())
+        users = torch.from_numpy(self._clients[chunk])
+        with torch.no_grad():
+            for name, rows in result.private.items():
+                every[name][users] = rows[:, 0]  # (C, 1, ...) one row per client
 
     def train_chunk(self, chunk: np.ndarray, server: Mapping[str, torch.Tensor]) -> ChunkResult:
         """Local training of the clients at positions ``chunk`` of :attr:`clients`."""
