@@ -288,3 +288,36 @@ def test_federated_training_resumes_exactly(ml100k_prepared: Prepared, tmp_path:
     assert resumed["federated"]["rounds"] == 4
     assert resumed["federated"]["bytes_up_total"] == whole["federated"]["bytes_up_total"] > 0
     assert whole["history"][0]["participants"] == 40
+
+
+# ---------------------------------------------------------------- domain clients
+
+
+def test_domain_clients_train_and_score_on_their_own_domain(art_office: RecDataset) -> None:
+    split = leave_one_out(art_office)
+    base = SequentialRecommender(dim=8, max_len=10, n_heads=1, dropout=0.0)
+    base.train.loss, base.train.n_negatives = "sampled", 50
+    local = LocalConfig(steps=2, lr=1e-3, batch_size=16)
+    fed = FederatedRecommender(base, FederationConfig(partition="domain", local=local))
+    fed.setup(split)
+    item_domain = art_office.item_domain
+    assert fed.clients.tolist() == [0, 1]  # arts, office
+    seq = fed.base.training_tensors()["seq"]
+    for domain, rows in enumerate(fed._client_rows):
+        items = seq[torch.from_numpy(rows)]
+        real = items[items != 0] - 1
+        assert set(item_domain[real.numpy()].tolist()) == {domain}  # windows never mix domains
+    before = shared_state(fed)
+    fed.train_epoch()
+    assert fed.epoch_info()["participants"] == 2
+    assert any(not torch.equal(before[n], v) for n, v in shared_state(fed).items())
+    # Scoring a user's arts candidates uses the user's arts history only.
+    history = split.observed("test")
+    user = int(np.flatnonzero(np.bincount(art_office.user, minlength=art_office.n_users) > 6)[0])
+    arts = np.flatnonzero(item_domain == 0)[:5][None]
+    users = np.array([user])
+    keys = history.keys
+    own = keys[item_domain[keys % history.n_items] == 0]
+    arts_only = type(history)(own // history.n_items, own % history.n_items, history.n_items)
+    expected = fed.base.score(users, arts, arts_only)
+    np.testing.assert_allclose(fed.score(users, arts, history), expected, rtol=1e-6)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -35,11 +35,16 @@ Engine = Literal["vmap", "loop"]
 
 @dataclass
 class LocalConfig:
-    """How a client trains in a round: ``steps`` full-batch steps on all its windows."""
+    """How a client trains in a round: ``steps`` optimiser steps from a fresh optimiser.
+
+    Each step uses all the client's windows (``batch_size = 0``, a user client) or
+    ``batch_size`` of them drawn afresh (a domain client holding many users).
+    """
 
     steps: int = 1
     lr: float = 0.1
     optimizer: Literal["adam", "sgd"] = "adam"
+    batch_size: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -48,6 +53,8 @@ class LocalConfig:
             raise ValueError(f"LocalConfig.lr must be > 0, got {self.lr}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"LocalConfig.optimizer must be 'adam' or 'sgd', got {self.optimizer}")
+        if self.batch_size < 0:
+            raise ValueError(f"LocalConfig.batch_size must be >= 0, got {self.batch_size}")
 
 
 class ClientNet(nn.ModuleDict):
@@ -149,7 +156,7 @@ def train_clients(
     ownership: Ownership,
     server: Mapping[str, torch.Tensor],
     private_rows: Mapping[str, torch.Tensor],
-    batch: Mapping[str, torch.Tensor],
+    batch: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]],
     load: torch.Tensor,
     config: LocalConfig,
     proximal_mu: float = 0.0,
@@ -167,8 +174,9 @@ def train_clients(
         Received global and group tensors (unbatched), also FedProx's anchor.
     private_rows : mapping
         Private tensor name -> (C, 1, *row) each client's own row(s).
-    batch : mapping
+    batch : mapping or sequence of mappings
         Training tensors (C, W, ...), windows padded per chunk; row 0 newest.
+        A sequence gives one batch per local step.
     load : torch.Tensor
         (L, K) routing shares of the previous round (zeros: no balance loss).
     config : LocalConfig
@@ -178,7 +186,10 @@ def train_clients(
     engine : {"vmap", "loop"}
         Batched over clients, or the per-client reference loop.
     """
-    n_clients = next(iter(batch.values())).shape[0]
+    batches = [batch] * config.steps if isinstance(batch, Mapping) else list(batch)
+    if len(batches) != config.steps:
+        raise ValueError(f"{len(batches)} batches for {config.steps} local steps")
+    n_clients = next(iter(batches[0].values())).shape[0]
     shared_names = ownership.names(Owner.GLOBAL, Owner.GROUP)
     frozen = {
         name: t for name, t in _all_tensors(net).items() if ownership[name].owner is Owner.FROZEN
@@ -208,10 +219,11 @@ def train_clients(
     step_grad = grad(client_loss, has_aux=True)
 
     def gradients(
-        trained: dict[str, torch.Tensor], first: bool
+        trained: dict[str, torch.Tensor], step: int
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Per-client gradients (C, ...), task losses (C,) and routing (C, L)."""
-        if engine == "vmap" and first:
+        batch = batches[step]
+        if engine == "vmap" and step == 0:
             # Every client starts from the server's tensors: pass them unbatched, so the
             # forward is one ordinary batched pass and only the gradients are per client.
             shared0 = {name: anchor[name] for name in shared_names}
@@ -243,7 +255,7 @@ def train_clients(
 
     initial = {**start, **{name: private_rows[name] for name in private_trained}}
     with dense_groups(net):
-        grads, losses, routing = gradients(initial, first=True)
+        grads, losses, routing = gradients(initial, 0)
         if config.steps == 1:
             # One step from a fresh optimiser has a closed form (Adam: lr * g / (|g| + eps)),
             # which spares C copies of every tensor and the optimiser's state.
@@ -263,7 +275,7 @@ def train_clients(
         for step in range(config.steps):
             if step:
                 trained = {name: t.detach() for name, t in leaves.items()}
-                grads, task, routing = gradients(trained, first=False)
+                grads, task, routing = gradients(trained, step)
                 losses = losses + task
             for name, leaf in leaves.items():
                 leaf.grad = grads[name]

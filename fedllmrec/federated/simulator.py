@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 import torch
 
-from fedllmrec.data.split import Split, UserItemSet
+from fedllmrec.data.sequences import left_pad, user_sequences, windows
+from fedllmrec.data.split import TRAIN, Split, UserItemSet
 from fedllmrec.errors import FedLLMRecError
 from fedllmrec.federated.client import (
     ChunkResult,
@@ -57,6 +58,9 @@ class FederationConfig:
     ----------
     engine : {"vmap", "loop"}
         Clients batched with ``torch.func.vmap``, or the per-client reference loop.
+    partition : {"user", "domain"}
+        Every user a client (MRFF), or every domain a client holding its users'
+        in-domain interactions (cross-domain; models without private state).
     local : LocalConfig
         Each client's local steps, learning rate and optimiser.
     strategy : StrategyConfig
@@ -73,6 +77,7 @@ class FederationConfig:
     """
 
     engine: Engine = "vmap"
+    partition: Literal["user", "domain"] = "user"
     local: LocalConfig = field(default_factory=LocalConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     balance_load: bool = True
@@ -84,6 +89,10 @@ class FederationConfig:
         if self.engine not in ("vmap", "loop"):
             raise ValueError(
                 f"FederationConfig.engine must be 'vmap' or 'loop', got {self.engine!r}"
+            )
+        if self.partition not in ("user", "domain"):
+            raise ValueError(
+                f"FederationConfig.partition must be 'user' or 'domain', got {self.partition!r}"
             )
         if self.chunk_windows < 1:
             raise ValueError(
@@ -116,14 +125,26 @@ class FederatedRecommender:
         self._ownership = own = declared_ownership(self._net)
         if own.names(Owner.PRIVATE) and own.n_users != split.dataset.n_users:
             raise FedLLMRecError(f"private tables have {own.n_users} rows, not one per user")
+        if self.federation.partition == "domain":
+            if own.names(Owner.PRIVATE):
+                raise FedLLMRecError(
+                    "domain clients hold many users: private per-user state needs user clients"
+                )
+            owners = self._domain_windows(split)  # window -> its domain
+        else:
+            owners = self.base.training_tensors()["user"].numpy()
         tensors = self.base.training_tensors()
-        users = tensors["user"].numpy()
-        order = np.argsort(users, kind="stable")  # keeps each user's newest window first
-        bounds = np.searchsorted(users[order], np.arange(split.dataset.n_users + 1))
+        n_owners = (
+            len(split.dataset.domains)
+            if self.federation.partition == "domain"
+            else (split.dataset.n_users)
+        )
+        order = np.argsort(owners, kind="stable")  # keeps each user's newest window first
+        bounds = np.searchsorted(owners[order], np.arange(n_owners + 1))
         self._clients = np.flatnonzero(np.diff(bounds) > 0)
         if self.federation.max_clients:
             self._clients = self._clients[: self.federation.max_clients]
-        self._client_rows = [order[bounds[u] : bounds[u + 1]] for u in self._clients.tolist()]
+        self._client_rows = [order[bounds[c] : bounds[c + 1]] for c in self._clients.tolist()]
         seq = tensors["seq"]
         targets = ((seq[:, 1:] != PAD) & (seq[:, :-1] != PAD)).sum(1).numpy()
         self._client_examples = np.array([targets[rows].sum() for rows in self._client_rows])
@@ -131,6 +152,27 @@ class FederatedRecommender:
         self._load = torch.zeros(self._routing_shape())  # round 0: no balance loss
         self.losses, self.rounds = [], []
         return self
+
+    def _domain_windows(self, split: Split) -> np.ndarray:
+        """Replace the training windows by per-domain ones; return each window's domain.
+
+        A domain client holds, for each user, only that user's interactions in its
+        domain, so its windows never mix domains.
+        """
+        ds, base = split.dataset, self.base
+        if type(base) is not SequentialRecommender:
+            raise FedLLMRecError("domain clients are supported for next-item models only")
+        train = split.role == TRAIN
+        chunks, users, domains = [], [], []
+        for d in range(len(ds.domains)):
+            per_user = user_sequences(split, train & (ds.domain == d))
+            part, owners = windows(per_user, base.max_len + 1)
+            chunks += part
+            users.append(owners)
+            domains.append(np.full(owners.shape[0], d))
+        base._data = torch.from_numpy(left_pad(chunks, base.max_len + 1))
+        base._users = torch.from_numpy(np.concatenate(users))
+        return np.concatenate(domains)
 
     def _routing_shape(self) -> tuple[int, int]:
         model = self.base.model
@@ -220,14 +262,20 @@ class FederatedRecommender:
         own, cfg = self.ownership, self.federation
         tensors = self.base.training_tensors()
         rows = [self._client_rows[c] for c in chunk.tolist()]
-        width = max(r.shape[0] for r in rows)
-        batch = {}
-        for key, value in tensors.items():
-            padded = value.new_zeros(len(rows), width, *value.shape[1:])
-            for i, r in enumerate(rows):
-                padded[i, : r.shape[0]] = value[torch.from_numpy(r)]
-            batch[key] = padded
-        batch["user"] = torch.zeros_like(batch["user"])  # each client sees its own row as row 0
+        size = cfg.local.batch_size
+        if size and any(r.shape[0] > size for r in rows):
+            # Clients holding many windows draw a fresh batch for every local step.
+            steps = [
+                [r if r.shape[0] <= size else np.sort(self._rng.choice(r, size, replace=False))
+                 for r in rows]
+                for _ in range(cfg.local.steps)
+            ]  # fmt: skip
+            batches: list[dict[str, torch.Tensor]] = [_pad(tensors, s) for s in steps]
+        else:
+            batches = [_pad(tensors, rows)]
+        if cfg.partition == "user":
+            for batch in batches:  # each client sees its own private row as row 0
+                batch["user"] = torch.zeros_like(batch["user"])
         every = dict(self._net.named_parameters()) | dict(self._net.named_buffers())
         users = torch.from_numpy(self._clients[chunk])
         private = {name: every[name].detach()[users][:, None] for name in own.names(Owner.PRIVATE)}
@@ -236,7 +284,7 @@ class FederatedRecommender:
             own,
             server,
             private,
-            batch,
+            batches if len(batches) > 1 else batches[0],
             self._load,
             cfg.local,
             cfg.strategy.proximal_mu,
@@ -292,6 +340,7 @@ class FederatedRecommender:
         return {
             "net": self._net.state_dict(),
             "rng": self._rng.bit_generator.state,
+            "model_rng": self.base._rng.bit_generator.state,  # sampled-softmax negatives
             "torch_rng": torch.get_rng_state(),
             "load": self._load.clone(),
             "losses": list(self.losses),
@@ -303,6 +352,7 @@ class FederatedRecommender:
             raise RuntimeError("call setup() before load_state_dict()")
         self._net.load_state_dict(state["net"])
         self._rng.bit_generator.state = state["rng"]
+        self.base._rng.bit_generator.state = state["model_rng"]
         torch.set_rng_state(state["torch_rng"])
         self._load = state["load"].clone()
         self.losses = list(state["losses"])
@@ -311,8 +361,25 @@ class FederatedRecommender:
     # ------------------------------------------------------------------ scoring
 
     def score(self, users: np.ndarray, items: np.ndarray, history: UserItemSet) -> np.ndarray:
-        """Each user scored by the global model with that user's private state."""
-        return self.base.score(users, items, history)
+        """Each user scored by the global model with that user's private state.
+
+        With domain clients, a user's candidates of domain d are scored from the
+        user's domain-d history only: that is all domain d's client holds.
+        """
+        if self.federation.partition == "user":
+            return self.base.score(users, items, history)
+        assert self.base.split is not None
+        item_domain = self.base.split.dataset.item_domain
+        row_domain = item_domain[np.asarray(items)[:, 0]]
+        out = np.empty(np.shape(items), dtype=np.float32)
+        keys = history.keys
+        pair_domain = item_domain[keys % history.n_items]
+        for d in np.unique(row_domain).tolist():
+            rows = np.flatnonzero(row_domain == d)
+            kept = keys[pair_domain == d]
+            local = UserItemSet(kept // history.n_items, kept % history.n_items, history.n_items)
+            out[rows] = self.base.score(users[rows], np.asarray(items)[rows], local)
+        return out
 
     def evaluate(self, role: str) -> dict[str, float]:
         """Click metrics (AUC, LogLoss) when the wrapped recommender predicts clicks."""
@@ -324,3 +391,15 @@ class FederatedRecommender:
 
 
 SHARED_OWNERS = (Owner.GLOBAL, Owner.GROUP)
+
+
+def _pad(tensors: Mapping[str, torch.Tensor], rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """Rows of each client stacked (C, W, ...), zero-padded to the chunk's widest client."""
+    width = max(r.shape[0] for r in rows)
+    batch = {}
+    for key, value in tensors.items():
+        padded = value.new_zeros(len(rows), width, *value.shape[1:])
+        for i, r in enumerate(rows):
+            padded[i, : r.shape[0]] = value[torch.from_numpy(r)]
+        batch[key] = padded
+    return batch
