@@ -29,7 +29,7 @@ from fedllmrec.models.items import PAD, ItemSource
 from fedllmrec.models.mrff import MRFF, Routing
 from fedllmrec.models.owners import Owner
 from fedllmrec.models.sasrec import SASRec
-from fedllmrec.models.sequential import BatchLoss, SequentialRecommender
+from fedllmrec.models.sequential import BatchLoss, SequentialRecommender, masked_mean
 
 NO_CLICK, CLICK = 1, 2  # click-label tokens; 0 is padding
 
@@ -130,9 +130,8 @@ class ClickRecommender(SequentialRecommender):
         if gather:
             task = F.binary_cross_entropy_with_logits(logits[mask], target[mask])
         else:
-            weights = mask.to(logits.dtype)
             per_target = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-            task = (per_target * weights).sum() / weights.sum().clamp(min=1.0)
+            task = masked_mean(per_target, mask)
         return BatchLoss(task, self._balance(routing, load, newest_only), mask.sum(), routing)
 
     @torch.no_grad()

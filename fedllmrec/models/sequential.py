@@ -272,12 +272,11 @@ class SequentialRecommender:
         """Mean cross-entropy of the masked targets (B, T) (shifted ids) given states (B, T, D)."""
         assert self.model is not None
         cfg = self.train
-        weights = None
+        flat_mask = None
         if gather:
             states, targets = states[mask], targets[mask]  # (N, D), (N,)
         else:
-            states = states.reshape(-1, states.shape[-1])
-            weights = mask.reshape(-1).to(states.dtype)
+            states, flat_mask = states.reshape(-1, states.shape[-1]), mask.reshape(-1)
             targets = targets.reshape(-1).clamp(min=1)  # padding: any valid id, weight 0
         if cfg.loss == "full":
             logits = states @ self.model.items.table()[1:].T  # (N, I)
@@ -291,10 +290,9 @@ class SequentialRecommender:
             negative = negative.masked_fill(negatives[None] == targets[:, None], float("-inf"))
             logits = torch.cat([positive, negative], dim=1)
             target_index = torch.zeros_like(targets)
-        if weights is None:
+        if flat_mask is None:
             return F.cross_entropy(logits, target_index)
-        per_target = F.cross_entropy(logits, target_index, reduction="none")
-        return (per_target * weights).sum() / weights.sum().clamp(min=1.0)
+        return masked_mean(F.cross_entropy(logits, target_index, reduction="none"), flat_mask)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue training bit-for-bit: weights, optimiser, RNGs."""
@@ -331,6 +329,12 @@ class SequentialRecommender:
         emb = self.model.items.table()[1:]  # (I, D)
         scores = (state @ emb.T).numpy()  # (B, I)
         return np.take_along_axis(scores, np.asarray(items, dtype=np.int64), axis=1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is set (0 if none): shape-static, so vmap-able."""
+    weights = mask.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 def _is_sparse(model: torch.nn.Module, name: str) -> bool:
