@@ -7,8 +7,9 @@ one client's functional loss, either ``vmap``-ed over the chunk or looped
 client by client (the oracle the vmapped path is tested against), and the
 optimiser is elementwise, so stacking clients changes nothing per client.
 
-A client holds one user (the MRFF setting): its private rows are row ``u`` of
-each private table, seen by the model as a one-row table (local user id 0).
+A user client (the MRFF setting) holds one user: its private rows are row ``u``
+of each private table, seen by the model as a one-row table (local user id 0).
+A domain client holds many users and has no private tensors.
 """
 
 from __future__ import annotations
