@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 
 import torch
-from benchlib import machine
+from benchlib import machine, set_up_recipe
 
 from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.io import atomic_write_json
-from fedllmrec.train.recipe import load_recipe
 
 
 def main() -> None:
@@ -42,13 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    recipe = load_recipe(args.recipe, args.set)
-    prepared = recipe.prepare()
-    evaluator = recipe.build_evaluator(prepared)
-    fed = recipe.build_model(prepared)
+    recipe, _, evaluator, fed = set_up_recipe(args.recipe, args.set)
     assert isinstance(fed, FederatedRecommender), "the recipe needs a [federated] table"
-    torch.manual_seed(recipe.trainer.seed)
-    fed.setup(prepared.split)
     monitor, larger = recipe.trainer.monitor, recipe.trainer.direction == "max"
     rows, best = [], None
     for round_ in range(1, args.rounds + 1):

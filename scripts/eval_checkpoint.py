@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 
 import torch
+from benchlib import set_up_recipe
 
 from fedllmrec.io import atomic_write_json
-from fedllmrec.train.recipe import load_recipe
 
 
 def main() -> None:
@@ -27,11 +27,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    recipe = load_recipe(args.recipe, args.set)
-    prepared = recipe.prepare()
-    evaluator = recipe.build_evaluator(prepared)
-    model = recipe.build_model(prepared)
-    model.setup(prepared.split)  # type: ignore[union-attr]
+    _, _, evaluator, model = set_up_recipe(args.recipe, args.set)
     best = torch.load(args.run_dir / "best.pt", weights_only=True)
     state = best["model"]
     if "model_rng" not in state and hasattr(model, "base"):

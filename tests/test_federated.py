@@ -45,9 +45,7 @@ def click_mrff(**federation: object) -> FederatedRecommender:
 
 
 def shared_state(fed: FederatedRecommender) -> dict[str, torch.Tensor]:
-    state = fed.state_dict()["net"]
-    names = fed.ownership.names(Owner.GLOBAL, Owner.GROUP)
-    return {name: state[name].clone() for name in names}
+    return {name: t.detach().clone() for name, t in fed.shared_tensors().items()}
 
 
 # ---------------------------------------------------------------- ownership

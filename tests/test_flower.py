@@ -30,7 +30,6 @@ from fedllmrec.federated.flower import (
     AppConfig,
     RecipeSource,
     _local,
-    _shared_tensors,
     _tensor_record,
     build_federation,
     client_app,
@@ -162,7 +161,7 @@ def test_flower_matches_simulator(simulated: FederatedRecommender, flower_run: P
         assert flower["wire_bytes_up"] >= flower["bytes_up"]  # payload + safetensors headers
 
     final = load_file(flower_run / "server.safetensors")
-    shared = _shared_tensors(simulated)
+    shared = simulated.shared_tensors()
     assert final.keys() == shared.keys()
     own = simulated.ownership
     assert set(final) == set(own.names(Owner.GLOBAL, Owner.GROUP))
@@ -202,7 +201,7 @@ def test_client_uploads_shared_deltas_only_and_keeps_private_rows(source: Recipe
         {
             "recipe": source.to_record(),
             "run": ConfigRecord({"num-threads": 1, "round": 1, "clients": [1]}),
-            "shared": _tensor_record(_shared_tensors(fed)),
+            "shared": _tensor_record(fed.shared_tensors()),
             "load": _tensor_record({"load": torch.zeros(fed._load.shape)}),
         }
     )

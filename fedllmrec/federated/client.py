@@ -26,7 +26,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fedllmrec.federated.ownership import Owner, Ownership
+from fedllmrec.federated.ownership import SHARED, Owner, Ownership
 from fedllmrec.federated.strategies import proximal_term
 from fedllmrec.models.mrff import GroupFFN
 from fedllmrec.models.sequential import BatchLoss, SequentialRecommender
@@ -191,7 +191,7 @@ def train_clients(
     if len(batches) != config.steps:
         raise ValueError(f"{len(batches)} batches for {config.steps} local steps")
     n_clients = next(iter(batches[0].values())).shape[0]
-    shared_names = ownership.names(Owner.GLOBAL, Owner.GROUP)
+    shared_names = ownership.names(*SHARED)
     frozen = {
         name: t for name, t in _all_tensors(net).items() if ownership[name].owner is Owner.FROZEN
     }
@@ -318,7 +318,7 @@ def _all_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
 def upload_bytes(ownership: Ownership) -> int:
     """Payload bytes of one upload: every global delta and one group slice per group tensor."""
     total = 0
-    for name in ownership.names(Owner.GLOBAL, Owner.GROUP):
+    for name in ownership.names(*SHARED):
         spec = ownership[name]
         per = spec.numel // spec.shape[0] if spec.owner is Owner.GROUP else spec.numel
         total += 4 * per
@@ -327,4 +327,4 @@ def upload_bytes(ownership: Ownership) -> int:
 
 def download_bytes(ownership: Ownership) -> int:
     """Payload bytes a client receives: every global and group tensor (it routes itself)."""
-    return 4 * ownership.numel(Owner.GLOBAL, Owner.GROUP)
+    return 4 * ownership.numel(*SHARED)

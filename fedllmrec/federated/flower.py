@@ -76,7 +76,6 @@ from fedllmrec.federated.client import ClientUpload, download_bytes, make_upload
 from fedllmrec.federated.ownership import Owner
 from fedllmrec.federated.server import aggregate_round, stack_uploads
 from fedllmrec.federated.simulator import (
-    SHARED_OWNERS,
     FederatedRecommender,
     FederationConfig,
 )
@@ -272,13 +271,6 @@ def _set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def _shared_tensors(fed: FederatedRecommender) -> dict[str, torch.Tensor]:
-    net = fed._net
-    assert net is not None
-    every = dict(net.named_parameters()) | dict(net.named_buffers())
-    return {name: every[name] for name in fed.ownership.names(*SHARED_OWNERS)}
-
-
 def _trainable_private(fed: FederatedRecommender) -> list[str]:
     own = fed.ownership
     return [name for name in own.names(Owner.PRIVATE) if own[name].is_parameter]
@@ -352,7 +344,7 @@ def _load_private(local: _Local, state: RecordDict, positions: np.ndarray) -> No
 
 def _load_shared(fed: FederatedRecommender, record: ArrayRecord) -> dict[str, torch.Tensor]:
     received = _record_tensors(record)
-    expected = _shared_tensors(fed)
+    expected = fed.shared_tensors()
     if received.keys() != expected.keys():
         raise FedLLMRecError(
             f"shared tensors differ from the model's: {sorted(set(received) ^ set(expected))}"
@@ -419,7 +411,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     probs = labels = np.zeros(0, dtype=np.float64)
     if predict is not None and fed.base.split is not None:
         _load_private(local, context.state, mine)
-        live = _shared_tensors(fed)
+        live = fed.shared_tensors()
         with torch.no_grad():
             for name, value in shared.items():
                 live[name].copy_(value)
@@ -496,7 +488,7 @@ def _run_round(
     index = np.arange(fed.clients.shape[0])
     participants = sample_clients(index, strategy.fraction, strategy.min_clients, fed._rng)
     survivors, dropped = drop_clients(participants, strategy.drop_rate, fed._rng)
-    live = _shared_tensors(fed)
+    live = fed.shared_tensors()
     server = {name: t.detach().clone() for name, t in live.items()}
     shared, load = _tensor_record(server), _tensor_record({"load": fed._load})
     by_node: dict[int, list[int]] = {}
@@ -572,7 +564,7 @@ def _evaluate(
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Pool the nodes' held-out predictions into one AUC and LogLoss (click models)."""
     run = ConfigRecord({**common.config_records["run"], "role": role})
-    shared = _tensor_record(_shared_tensors(fed))
+    shared = _tensor_record(fed.shared_tensors())
     messages = [
         Message(
             RecordDict({"recipe": common.config_records["recipe"], "run": run, "shared": shared}),
@@ -610,7 +602,7 @@ def _write_outputs(
     predictions: dict[str, np.ndarray] | None,
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {n: t.detach().contiguous() for n, t in _shared_tensors(fed).items()}
+    tensors = {n: t.detach().contiguous() for n, t in fed.shared_tensors().items()}
     atomic_write_bytes(out_dir / "server.safetensors", save_safetensors(tensors))
     history: dict[str, Any] = {
         "recipe": config.recipe,

@@ -36,7 +36,7 @@ from fedllmrec.federated.client import (
     train_clients,
     upload_bytes,
 )
-from fedllmrec.federated.ownership import Owner, Ownership, declared_ownership
+from fedllmrec.federated.ownership import SHARED, Owner, Ownership, declared_ownership
 from fedllmrec.federated.server import MeanAccumulator, aggregate_round, stack_chunks
 from fedllmrec.federated.strategies import (
     StrategyConfig,
@@ -131,21 +131,17 @@ class FederatedRecommender:
                     "domain clients hold many users: private per-user state needs user clients"
                 )
             owners = self._domain_windows(split)  # window -> its domain
+            n_owners = len(split.dataset.domains)
         else:
             owners = self.base.training_tensors()["user"].numpy()
-        tensors = self.base.training_tensors()
-        n_owners = (
-            len(split.dataset.domains)
-            if self.federation.partition == "domain"
-            else (split.dataset.n_users)
-        )
+            n_owners = split.dataset.n_users
         order = np.argsort(owners, kind="stable")  # keeps each user's newest window first
         bounds = np.searchsorted(owners[order], np.arange(n_owners + 1))
         self._clients = np.flatnonzero(np.diff(bounds) > 0)
         if self.federation.max_clients:
             self._clients = self._clients[: self.federation.max_clients]
         self._client_rows = [order[bounds[c] : bounds[c + 1]] for c in self._clients.tolist()]
-        seq = tensors["seq"]
+        seq = self.base.training_tensors()["seq"]
         targets = ((seq[:, 1:] != PAD) & (seq[:, :-1] != PAD)).sum(1).numpy()
         self._client_examples = np.array([targets[rows].sum() for rows in self._client_rows])
         self._rng = np.random.default_rng(self.federation.seed)
@@ -186,6 +182,13 @@ class FederatedRecommender:
             raise RuntimeError("call setup() first")
         return self._ownership
 
+    def shared_tensors(self) -> dict[str, torch.Tensor]:
+        """The live global and group tensors: what the server holds and sends."""
+        if self._net is None:
+            raise RuntimeError("call setup() first")
+        every = dict(self._net.named_parameters())
+        return {name: every[name] for name in self.ownership.names(*SHARED)}
+
     @property
     def clients(self) -> np.ndarray:
         """User ids of the clients (users with at least one training window)."""
@@ -202,8 +205,8 @@ class FederatedRecommender:
         index = np.arange(self._clients.shape[0])
         participants = sample_clients(index, strategy.fraction, strategy.min_clients, self._rng)
         survivors, dropped = drop_clients(participants, strategy.drop_rate, self._rng)
-        tensors = dict(net.named_parameters()) | dict(net.named_buffers())
-        server = {name: tensors[name].detach().clone() for name in own.names(*SHARED_OWNERS)}
+        live = self.shared_tensors()
+        server = {name: tensor.detach().clone() for name, tensor in live.items()}
         # A mean needs running sums only; robust aggregators need every client's delta.
         accumulator = MeanAccumulator(own, strategy) if strategy.aggregator == "mean" else None
         kept: list[ChunkResult] = []
@@ -231,7 +234,7 @@ class FederatedRecommender:
             new, _ = accumulator.finish(server)
         with torch.no_grad():
             for name, value in new.items():
-                tensors[name].copy_(value)
+                live[name].copy_(value)
         if cfg.balance_load and routing.shape[1]:
             self._load = routing_load(routing, self._load.shape[1])
         weights = client_weights(n_examples, "examples")
@@ -388,9 +391,6 @@ class FederatedRecommender:
             raise FedLLMRecError(f"{type(self.base).__name__} does not predict clicks")
         result: dict[str, float] = evaluate(role)
         return result
-
-
-SHARED_OWNERS = (Owner.GLOBAL, Owner.GROUP)
 
 
 def _pad(tensors: Mapping[str, torch.Tensor], rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
