@@ -10,7 +10,10 @@ full model, and test metrics at the best-validation round::
     FEDLLMREC_DATA=../shared/data python scripts/bench_federated.py --rounds 30 \
         --out runs/bench_federated/kuaisar-30.json
 
-The result JSON (machine, command, date) goes to ``--out``.
+The result JSON (machine, command, date) goes to ``--out``. ``--floor`` also counts the
+matrix FLOPs any exact implementation spends on a round's local training (forward and
+backward of every training window, groups routed sparsely, no per-client anything) and
+measures this core's float32 matmul throughput, which bounds the attainable speed-up.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from benchlib import machine, set_up_recipe
 
 from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.io import atomic_write_json
+from fedllmrec.train.evaluators import Evaluator
 
 
 def main() -> None:
@@ -38,11 +43,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eval-every", type=int, default=1)
     parser.add_argument("--out", default="runs/bench_federated/result.json")
+    parser.add_argument("--floor", action="store_true", help="count a round's FLOPs too")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     recipe, _, evaluator, fed = set_up_recipe(args.recipe, args.set)
     assert isinstance(fed, FederatedRecommender), "the recipe needs a [federated] table"
+    floor = arithmetic_floor(fed, evaluator) if args.floor else None
+    if floor:
+        print(json.dumps(floor))
     monitor, larger = recipe.trainer.monitor, recipe.trainer.direction == "max"
     rows, best = [], None
     for round_ in range(1, args.rounds + 1):
@@ -71,6 +80,7 @@ def main() -> None:
         "train_s_per_round": sum(r["train_s"] for r in timed) / len(timed),
         "eval_s_per_round": sum(evals) / len(evals) if evals else None,
         "peak_rss_mib": round(peak_mib),
+        "floor": floor,
         "best_round": best and best["round"],
         "best_valid": best and best["valid"],
         "test_at_best_valid": best and best["test"],
@@ -84,6 +94,42 @@ def main() -> None:
     atomic_write_json(args.out, result)
     summary = {k: result[k] for k in ("train_s_per_round", "eval_s_per_round", "peak_rss_mib")}
     print(json.dumps(summary | {"best_round": result["best_round"]}))
+
+
+def arithmetic_floor(fed: FederatedRecommender, evaluator: Evaluator) -> dict[str, Any]:
+    """Matrix GFLOP of a round's local training and evaluation, and this core's matmul GFLOP/s."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    base, net = fed.base, fed.net
+    net.train()
+    with FlopCounterMode(display=False) as counter:
+        out = base.batch_loss(base.training_tensors(), load=fed.load, newest_only=True)
+        (out.task + out.aux).backward()
+    net.zero_grad(set_to_none=True)
+    gflop = counter.get_total_flops() / 1e9
+    with FlopCounterMode(display=False) as counter:
+        evaluator(fed, "valid"), evaluator(fed, "test")
+    eval_gflop = counter.get_total_flops() / 1e9
+    dim = base.dim
+    rates = {}
+    for name, (m, k, n) in {
+        "square_4096": (4096, 4096, 1024),
+        "ffn_shape": (128 * base.max_len, dim, 4 * dim),
+    }.items():
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        a @ b
+        start = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        rates[name] = 2 * m * k * n * 5 / (time.perf_counter() - start) / 1e9
+    peak = max(rates.values())
+    return {
+        "train_gflop": round(gflop, 2),
+        "eval_gflop": round(eval_gflop, 2),
+        "matmul_gflops": {k: round(v, 1) for k, v in rates.items()},
+        "train_floor_s": round(gflop / peak, 2),
+        "round_floor_s": round((gflop + eval_gflop) / peak, 2),
+    }
 
 
 if __name__ == "__main__":

@@ -29,11 +29,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     _, _, evaluator, model = set_up_recipe(args.recipe, args.set)
     best = torch.load(args.run_dir / "best.pt", weights_only=True)
-    state = best["model"]
-    if "model_rng" not in state and hasattr(model, "base"):
-        # Checkpoints written before the model's RNG was saved: any state scores the same.
-        state["model_rng"] = model.base._rng.bit_generator.state
-    model.load_state_dict(state)  # type: ignore[union-attr]
+    model.load_state_dict(best["model"])  # type: ignore[union-attr]
     last = torch.load(args.run_dir / "last.pt", weights_only=True)["trainer"]
     out = {
         "best_epoch": best["epoch"],

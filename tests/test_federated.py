@@ -71,7 +71,7 @@ def test_every_tensor_of_mrff_has_a_checked_owner(kuaisar_split: Split) -> None:
         assert own[name].layer == int(name.split(".")[2])
     assert by_owner[Owner.FROZEN] == ["model.items.features"]
     # Every parameter and buffer is claimed exactly once.
-    net = fed._net
+    net = fed.net
     assert net is not None
     every = [n for n, _ in net.named_parameters()] + [n for n, _ in net.named_buffers()]
     assert sorted(every) == sorted(own)
@@ -129,7 +129,7 @@ def test_an_upload_holds_no_private_byte(kuaisar_split: Split) -> None:
     server = shared_state(fed)
     result = fed.train_chunk(np.arange(4), server)
     user = int(fed.clients[0])
-    upload = make_upload(user, int(fed._client_examples[0]), result, 0, own)
+    upload = make_upload(user, int(fed.client_examples[0]), result, 0, own)
     wire = upload.to_bytes()
     # Names: every global delta, and per group tensor exactly the routed group's slice.
     groups = [n for n in own.names(Owner.GROUP)]
@@ -185,22 +185,37 @@ def test_vmap_simulator_matches_the_per_client_loop(kuaisar_split: Split, steps:
     assert vmapped[3]["AUC"] == pytest.approx(looped[3]["AUC"], abs=1e-6)
 
 
-def test_upload_path_aggregates_like_the_simulator(kuaisar_split: Split) -> None:
+@pytest.mark.parametrize("server_optimizer", ["sgd", "adam"])
+def test_upload_path_aggregates_like_the_simulator(
+    kuaisar_split: Split, server_optimizer: str
+) -> None:
     """Serialised per-client uploads, restacked (the Flower path), give the same tensors."""
+    from fedllmrec.federated.fedopt import ServerOptimizer
     from fedllmrec.federated.server import MeanAccumulator, aggregate_round, stack_chunks
 
     fed = click_mrff(max_clients=6).setup(kuaisar_split)
-    own, strategy = fed.ownership, StrategyConfig(weighting="uniform")
+    own = fed.ownership
+    strategy = StrategyConfig(
+        weighting="uniform",
+        server_optimizer=server_optimizer,  # type: ignore[arg-type]
+        server_lr=1.0 if server_optimizer == "sgd" else 0.01,
+        # Adam maps a delta d to about lr * d / (|d| + eps): eps far above float noise keeps
+        # the chunked and the stacked sums' rounding from flipping near-zero coordinates.
+        server_eps=1e-3,
+    )
     server = shared_state(fed)
     chunk = np.arange(6)
     result = fed.train_chunk(chunk, server)
-    n = torch.from_numpy(fed._client_examples[chunk]).double()
-    direct, _ = aggregate_round(server, stack_chunks([result], n, own), own, strategy)
+    n = torch.from_numpy(fed.client_examples[chunk]).double()
+    stacked = stack_chunks([result], n, own)
+    direct, _ = aggregate_round(server, stacked, own, strategy, ServerOptimizer(strategy))
     uploads = [
         ClientUpload.from_bytes(make_upload(i, int(n[i]), result, i, own).to_bytes())
         for i in range(6)
     ]
-    wired, updated = aggregate_round(server, stack_uploads(uploads, own), own, strategy)
+    wired, updated = aggregate_round(
+        server, stack_uploads(uploads, own), own, strategy, ServerOptimizer(strategy)
+    )
     for name in direct:
         torch.testing.assert_close(direct[name], wired[name])
     # The simulator's streaming mean, fed the clients in two chunks, agrees too.
@@ -208,7 +223,7 @@ def test_upload_path_aggregates_like_the_simulator(kuaisar_split: Split) -> None
     accumulator = MeanAccumulator(own, strategy)
     for half in halves:
         accumulator.add(fed.train_chunk(half, server), torch.ones(3, dtype=torch.float64))
-    streamed, streamed_updated = accumulator.finish(server)
+    streamed, streamed_updated = accumulator.finish(server, ServerOptimizer(strategy))
     assert streamed_updated == updated
     for name in direct:
         torch.testing.assert_close(streamed[name], direct[name], rtol=1e-5, atol=1e-7)
@@ -242,19 +257,19 @@ def test_sampling_dropout_and_private_state(kuaisar_split: Split) -> None:
     assert int(moved.sum()) == survivors
     assert set(np.flatnonzero(moved.numpy())) <= set(fed.clients.tolist())
     # MRFF's balance-loss load: round 0 has none, the next round uses this round's shares.
-    assert fed._load.shape == (2, 4)
-    assert fed._load.sum(1).tolist() == pytest.approx([1.0, 1.0])
+    assert fed.load.shape == (2, 4)
+    assert fed.load.sum(1).tolist() == pytest.approx([1.0, 1.0])
 
 
 def test_routing_load_feeds_the_next_round(kuaisar_split: Split) -> None:
     fed = click_mrff().setup(kuaisar_split)
-    assert torch.equal(fed._load, torch.zeros(2, 4))
+    assert torch.equal(fed.load, torch.zeros(2, 4))
     server = shared_state(fed)
     chunk = np.arange(24)
     result = fed.train_chunk(chunk, server)
     fed2 = click_mrff(chunk_windows=1000).setup(kuaisar_split)
     fed2.train_epoch()
-    torch.testing.assert_close(fed2._load, routing_load(result.routing, 4))
+    torch.testing.assert_close(fed2.load, routing_load(result.routing, 4))
 
 
 def test_fedprox_pulls_local_models_towards_the_global_one(kuaisar_split: Split) -> None:
@@ -268,11 +283,20 @@ def test_fedprox_pulls_local_models_towards_the_global_one(kuaisar_split: Split)
     assert norms[1] < 0.5 * norms[0]
 
 
-def test_federated_training_resumes_exactly(ml100k_prepared: Prepared, tmp_path: Path) -> None:
+@pytest.mark.parametrize("server_optimizer", ["sgd", "adam"])
+def test_federated_training_resumes_exactly(
+    ml100k_prepared: Prepared, tmp_path: Path, server_optimizer: str
+) -> None:
+    """Resuming reaches the same metrics, FedAdam's server moments included."""
+    strategy = StrategyConfig(server_optimizer=server_optimizer, server_lr=0.01)  # type: ignore[arg-type]
+    if server_optimizer == "sgd":
+        strategy = StrategyConfig()
+
     def model() -> FederatedRecommender:
         base = SequentialRecommender(architecture="mrff", dim=16, max_len=20, dropout=0.1)
+        local = LocalConfig(lr=0.01, optimizer="adam" if server_optimizer == "sgd" else "sgd")
         return FederatedRecommender(
-            base, FederationConfig(max_clients=40, local=LocalConfig(lr=0.01))
+            base, FederationConfig(max_clients=40, local=local, strategy=strategy)
         )
 
     evaluator = RankingEvaluator(ml100k_prepared)
@@ -301,7 +325,7 @@ def test_domain_clients_train_and_score_on_their_own_domain(art_office: RecDatas
     item_domain = art_office.item_domain
     assert fed.clients.tolist() == [0, 1]  # arts, office
     seq = fed.base.training_tensors()["seq"]
-    for domain, rows in enumerate(fed._client_rows):
+    for domain, rows in enumerate(fed.client_rows):
         items = seq[torch.from_numpy(rows)]
         real = items[items != 0] - 1
         assert set(item_domain[real.numpy()].tolist()) == {domain}  # windows never mix domains

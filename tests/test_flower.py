@@ -202,7 +202,7 @@ def test_client_uploads_shared_deltas_only_and_keeps_private_rows(source: Recipe
             "recipe": source.to_record(),
             "run": ConfigRecord({"num-threads": 1, "round": 1, "clients": [1]}),
             "shared": _tensor_record(fed.shared_tensors()),
-            "load": _tensor_record({"load": torch.zeros(fed._load.shape)}),
+            "load": _tensor_record({"load": torch.zeros(fed.load.shape)}),
         }
     )
     reply = client_app(_message(content, "train"), context)

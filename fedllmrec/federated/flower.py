@@ -109,7 +109,7 @@ RUN_CONFIG_DEFAULTS: dict[str, UserConfigValue] = {
     "out-dir": "",
     "eval-role": "valid",
     "num-threads": 1,
-    "node-timeout": 120.0,
+    "node-timeout": 300.0,
     "round-timeout": 0.0,
 }
 
@@ -307,8 +307,7 @@ def _local(source: RecipeSource) -> _Local:
         if source not in _LOCAL:
             _LOCAL.clear()
             fed = build_federation(source)
-            assert fed._net is not None
-            every = dict(fed._net.named_parameters())
+            every = dict(fed.net.named_parameters())
             initial = {name: every[name].detach().clone() for name in _trainable_private(fed)}
             _LOCAL[source] = _Local(fed, initial)
         return _LOCAL[source]
@@ -327,9 +326,8 @@ def _request(msg: Message, context: Context) -> tuple[_Local, np.ndarray]:
 def _load_private(local: _Local, state: RecordDict, positions: np.ndarray) -> None:
     """Write the clients' private rows from the node state (first use: the built model's)."""
     fed = local.fed
-    assert fed._net is not None
     stored = state.array_records.get(PRIVATE_STATE, ArrayRecord())
-    every = dict(fed._net.named_parameters())
+    every = dict(fed.net.named_parameters())
     with torch.no_grad():
         for user in fed.clients[positions].tolist():
             for name in local.initial:
@@ -372,19 +370,19 @@ def train(msg: Message, context: Context) -> Message:
     if not np.isin(positions, mine).all():
         raise FedLLMRecError(f"asked to train clients {positions.tolist()} of another partition")
     server = _load_shared(fed, msg.content.array_records["shared"])
-    fed._load = _record_tensors(msg.content.array_records["load"])["load"].clone()
+    fed.load = _record_tensors(msg.content.array_records["load"])["load"].clone()
     _load_private(local, context.state, positions)
-    own, net = fed.ownership, fed._net
+    own, net = fed.ownership, fed.net
     assert net is not None
     stored = context.state.array_records.get(PRIVATE_STATE, ArrayRecord())
     uploads = ConfigRecord()
     net.train()
     try:
-        for chunk in fed._chunks(np.sort(positions)):
+        for chunk in fed.chunks(np.sort(positions)):
             result = fed.train_chunk(chunk, server)
             for i, pos in enumerate(chunk.tolist()):
                 user = int(fed.clients[pos])
-                examples = int(fed._client_examples[pos])
+                examples = int(fed.client_examples[pos])
                 upload = make_upload(user, examples, result, i, own)
                 uploads[str(pos)] = upload.to_bytes()
                 for name, rows in result.private.items():  # (C, 1, ...) new private rows
@@ -486,11 +484,11 @@ def _run_round(
     """One round, as :meth:`FederatedRecommender.train_epoch` with the chunks on the nodes."""
     own, strategy, cfg = fed.ownership, fed.federation.strategy, fed.federation
     index = np.arange(fed.clients.shape[0])
-    participants = sample_clients(index, strategy.fraction, strategy.min_clients, fed._rng)
-    survivors, dropped = drop_clients(participants, strategy.drop_rate, fed._rng)
+    participants = sample_clients(index, strategy.fraction, strategy.min_clients, fed.rng)
+    survivors, dropped = drop_clients(participants, strategy.drop_rate, fed.rng)
     live = fed.shared_tensors()
     server = {name: t.detach().clone() for name, t in live.items()}
-    shared, load = _tensor_record(server), _tensor_record({"load": fed._load})
+    shared, load = _tensor_record(server), _tensor_record({"load": fed.load})
     by_node: dict[int, list[int]] = {}
     for pos in survivors.tolist():
         by_node.setdefault(nodes.owner(pos), []).append(pos)
@@ -532,15 +530,15 @@ def _run_round(
         raise FedLLMRecError(f"round {server_round}: no client upload arrived")
     # The simulator's client order (its chunks), so float sums run in the same order.
     done = np.array(sorted(uploads), dtype=np.int64)
-    order = [pos for chunk in fed._chunks(done) for pos in chunk.tolist()]
+    order = [pos for chunk in fed.chunks(done) for pos in chunk.tolist()]
     ordered = [uploads[pos] for pos in order]
     stacked = stack_uploads(ordered, own)
-    new, _ = aggregate_round(server, stacked, own, strategy)
+    new, _ = aggregate_round(server, stacked, own, strategy, fed.server_optimizer)
     with torch.no_grad():
         for name, value in new.items():
             live[name].copy_(value)
     if cfg.balance_load and stacked.routing.shape[1]:
-        fed._load = routing_load(stacked.routing, fed._load.shape[1])
+        fed.load = routing_load(stacked.routing, fed.load.shape[1])
     weights = client_weights(stacked.n_examples, "examples")
     losses = torch.tensor([u.loss for u in ordered], dtype=torch.float64)
     loss = float((losses * weights).sum())

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import torch
 
 from fedllmrec.federated.client import ChunkResult, ClientUpload
+from fedllmrec.federated.fedopt import ServerOptimizer
 from fedllmrec.federated.ownership import Owner, Ownership
 from fedllmrec.federated.strategies import (
     StrategyConfig,
     aggregate,
     aggregate_groups,
-    apply_delta,
     client_weights,
 )
 
@@ -39,26 +39,38 @@ def aggregate_round(
     uploads: Stacked,
     ownership: Ownership,
     strategy: StrategyConfig,
+    optimizer: ServerOptimizer | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, list[bool]]]:
     """New global and group tensors from one round's uploads.
 
     Global tensors combine every upload; group ``k`` of a group tensor combines
     the uploads routed to ``k`` at its layer and stays unchanged if none was.
-    Returns the new tensors and, per group tensor, which groups changed.
+    ``optimizer`` moves the tensors by the combined deltas (it holds FedAdam's
+    state across rounds; default a stateless FedAvg step). Returns the new
+    tensors and, per group tensor, which groups changed.
     """
+    optimizer = _optimizer(optimizer, strategy)
     weights = client_weights(uploads.n_examples, strategy.weighting)
     new: dict[str, torch.Tensor] = {}
     updated: dict[str, list[bool]] = {}
     for name in ownership.names(Owner.GLOBAL):
         delta = aggregate(uploads.global_delta[name], weights, strategy)
-        new[name] = apply_delta(server[name], delta, strategy.server_lr)
+        new[name] = optimizer.step(name, server[name], delta)
     for name in ownership.names(Owner.GROUP):
         delta, changed = aggregate_groups(
             uploads.group_delta[name], uploads.routed[name], weights, strategy
         )
-        new[name] = apply_delta(server[name], delta, strategy.server_lr)
+        new[name] = optimizer.step(name, server[name], delta, changed)
         updated[name] = changed.tolist()
     return new, updated
+
+
+def _optimizer(optimizer: ServerOptimizer | None, strategy: StrategyConfig) -> ServerOptimizer:
+    if optimizer is not None:
+        return optimizer
+    if strategy.server_optimizer != "sgd":
+        raise ValueError(f"server_optimizer {strategy.server_optimizer!r} needs a ServerOptimizer")
+    return ServerOptimizer(strategy)
 
 
 def stack_chunks(
@@ -148,21 +160,21 @@ class MeanAccumulator:
             self.group_weight[name] = self.group_weight.get(name, 0) + weight
 
     def finish(
-        self, server: Mapping[str, torch.Tensor]
+        self, server: Mapping[str, torch.Tensor], optimizer: ServerOptimizer | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, list[bool]]]:
         """New tensors and which groups changed, as :func:`aggregate_round` returns them."""
         if self.total <= 0:
             raise ValueError("no client weight was accumulated")
+        optimizer = _optimizer(optimizer, self.strategy)
         new: dict[str, torch.Tensor] = {}
         updated: dict[str, list[bool]] = {}
-        lr = self.strategy.server_lr
         for name in self.ownership.names(Owner.GLOBAL):
-            new[name] = apply_delta(server[name], self.sums[name] / self.total, lr)
+            new[name] = optimizer.step(name, server[name], self.sums[name] / self.total)
         for name in self.ownership.names(Owner.GROUP):
             weight = self.group_weight[name]  # (K,)
             changed = weight > 0
             scale = torch.where(changed, 1.0 / weight.clamp(min=1e-300), 0.0).to(torch.float32)
             view = scale.reshape(-1, *([1] * (self.sums[name].dim() - 1)))
-            new[name] = apply_delta(server[name], self.sums[name] * view, lr)
+            new[name] = optimizer.step(name, server[name], self.sums[name] * view, changed)
             updated[name] = changed.tolist()
         return new, updated

@@ -36,6 +36,7 @@ from fedllmrec.federated.client import (
     train_clients,
     upload_bytes,
 )
+from fedllmrec.federated.fedopt import ServerOptimizer
 from fedllmrec.federated.ownership import SHARED, Owner, Ownership, declared_ownership
 from fedllmrec.federated.server import MeanAccumulator, aggregate_round, stack_chunks
 from fedllmrec.federated.strategies import (
@@ -106,15 +107,18 @@ class FederatedRecommender:
 
     base: SequentialRecommender
     federation: FederationConfig = field(default_factory=FederationConfig)
-    losses: list[float] = field(default_factory=list)
-    rounds: list[dict[str, Any]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # per round
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # participants, traffic
+    # Server state that outlives a round (the Flower ServerApp drives the same object):
+    server_optimizer: ServerOptimizer = field(init=False, repr=False)  # FedAdam's moments
+    load: torch.Tensor = field(default_factory=lambda: torch.zeros(0), repr=False)  # (L, K)
+    # Per client (position in :attr:`clients`): its training windows and target count.
+    client_rows: list[np.ndarray] = field(default_factory=list, repr=False)
+    client_examples: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     _net: ClientNet | None = field(default=None, repr=False)
     _ownership: Ownership | None = field(default=None, repr=False)
     _rng: np.random.Generator = field(default_factory=np.random.default_rng, repr=False)
-    _load: torch.Tensor = field(default_factory=lambda: torch.zeros(0), repr=False)
     _clients: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
-    _client_rows: list[np.ndarray] = field(default_factory=list, repr=False)
-    _client_examples: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     # ------------------------------------------------------------------ setup
 
@@ -140,12 +144,13 @@ class FederatedRecommender:
         self._clients = np.flatnonzero(np.diff(bounds) > 0)
         if self.federation.max_clients:
             self._clients = self._clients[: self.federation.max_clients]
-        self._client_rows = [order[bounds[c] : bounds[c + 1]] for c in self._clients.tolist()]
+        self.client_rows = [order[bounds[c] : bounds[c + 1]] for c in self._clients.tolist()]
         seq = self.base.training_tensors()["seq"]
         targets = ((seq[:, 1:] != PAD) & (seq[:, :-1] != PAD)).sum(1).numpy()
-        self._client_examples = np.array([targets[rows].sum() for rows in self._client_rows])
+        self.client_examples = np.array([targets[rows].sum() for rows in self.client_rows])
         self._rng = np.random.default_rng(self.federation.seed)
-        self._load = torch.zeros(self._routing_shape())  # round 0: no balance loss
+        self.load = torch.zeros(self._routing_shape())  # round 0: no balance loss
+        self.server_optimizer = ServerOptimizer(self.federation.strategy)
         self.losses, self.rounds = [], []
         return self
 
@@ -175,6 +180,18 @@ class FederatedRecommender:
         if isinstance(model, MRFF):
             return model.config.n_layers, model.config.n_groups
         return 0, 0
+
+    @property
+    def net(self) -> ClientNet:
+        """Every trained tensor under one root: the shared ones and all clients' private rows."""
+        if self._net is None:
+            raise RuntimeError("call setup() first")
+        return self._net
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The server's generator: client sampling, dropouts and local mini-batches."""
+        return self._rng
 
     @property
     def ownership(self) -> Ownership:
@@ -212,9 +229,9 @@ class FederatedRecommender:
         kept: list[ChunkResult] = []
         done_parts, routing_parts, loss_parts = [], [], []
         net.train()
-        for chunk in self._chunks(survivors):
+        for chunk in self.chunks(survivors):
             result = self.train_chunk(chunk, server)
-            examples = torch.from_numpy(self._client_examples[chunk]).to(torch.float64)
+            examples = torch.from_numpy(self.client_examples[chunk]).to(torch.float64)
             if accumulator is None:
                 kept.append(result)
             else:
@@ -226,17 +243,18 @@ class FederatedRecommender:
             loss_parts.append(result.loss)
         net.eval()
         done = np.concatenate(done_parts)
-        n_examples = torch.from_numpy(self._client_examples[done]).to(torch.float64)
+        n_examples = torch.from_numpy(self.client_examples[done]).to(torch.float64)
         routing = torch.cat(routing_parts)
         if accumulator is None:
-            new, _ = aggregate_round(server, stack_chunks(kept, n_examples, own), own, strategy)
+            stacked = stack_chunks(kept, n_examples, own)
+            new, _ = aggregate_round(server, stacked, own, strategy, self.server_optimizer)
         else:
-            new, _ = accumulator.finish(server)
+            new, _ = accumulator.finish(server, self.server_optimizer)
         with torch.no_grad():
             for name, value in new.items():
                 live[name].copy_(value)
         if cfg.balance_load and routing.shape[1]:
-            self._load = routing_load(routing, self._load.shape[1])
+            self.load = routing_load(routing, self.load.shape[1])
         weights = client_weights(n_examples, "examples")
         loss = float((torch.cat(loss_parts).double() * weights).sum())
         self.losses.append(loss)
@@ -264,7 +282,7 @@ class FederatedRecommender:
         assert self._net is not None
         own, cfg = self.ownership, self.federation
         tensors = self.base.training_tensors()
-        rows = [self._client_rows[c] for c in chunk.tolist()]
+        rows = [self.client_rows[c] for c in chunk.tolist()]
         size = cfg.local.batch_size
         if size and any(r.shape[0] > size for r in rows):
             # Clients holding many windows draw a fresh batch for every local step.
@@ -288,15 +306,15 @@ class FederatedRecommender:
             server,
             private,
             batches if len(batches) > 1 else batches[0],
-            self._load,
+            self.load,
             cfg.local,
             cfg.strategy.proximal_mu,
             cfg.engine,
         )
 
-    def _chunks(self, positions: np.ndarray) -> Iterator[np.ndarray]:
+    def chunks(self, positions: np.ndarray) -> Iterator[np.ndarray]:
         """Clients grouped by window count, so padding inside a chunk stays small."""
-        counts = np.array([self._client_rows[p].shape[0] for p in positions.tolist()])
+        counts = np.array([self.client_rows[p].shape[0] for p in positions.tolist()])
         ordered = positions[np.argsort(counts, kind="stable")]
         counts = np.sort(counts, kind="stable")
         start = 0
@@ -345,7 +363,8 @@ class FederatedRecommender:
             "rng": self._rng.bit_generator.state,
             "model_rng": self.base._rng.bit_generator.state,  # sampled-softmax negatives
             "torch_rng": torch.get_rng_state(),
-            "load": self._load.clone(),
+            "load": self.load.clone(),
+            "server_optimizer": self.server_optimizer.state_dict(),
             "losses": list(self.losses),
             "rounds": [dict(r) for r in self.rounds],
         }
@@ -357,7 +376,8 @@ class FederatedRecommender:
         self._rng.bit_generator.state = state["rng"]
         self.base._rng.bit_generator.state = state["model_rng"]
         torch.set_rng_state(state["torch_rng"])
-        self._load = state["load"].clone()
+        self.load = state["load"].clone()
+        self.server_optimizer.load_state_dict(state["server_optimizer"])
         self.losses = list(state["losses"])
         self.rounds = [dict(r) for r in state["rounds"]]
 

@@ -25,9 +25,11 @@ from torch.nn import functional as F
 
 AggregatorName = Literal["mean", "median", "trimmed_mean"]
 Weighting = Literal["examples", "uniform"]
+ServerOptimizerName = Literal["sgd", "adam"]
 
 AGGREGATORS: tuple[str, ...] = get_args(AggregatorName)
 WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
+SERVER_OPTIMIZERS: tuple[str, ...] = get_args(ServerOptimizerName)
 
 
 @dataclass
@@ -38,7 +40,11 @@ class StrategyConfig:
     # FedAvg weights clients by examples; MRFF's released code averages unweighted.
     weighting: Weighting = "examples"
     trim_fraction: float = 0.1  # per side, for trimmed_mean
-    server_lr: float = 1.0  # new = old + server_lr * aggregated delta
+    server_lr: float = 1.0  # sgd: new = old + server_lr * aggregated delta; adam: Adam's lr
+    # FedOpt (fedopt.py): "adam" is FedAdam, Adam on the pseudo-gradient -delta.
+    server_optimizer: ServerOptimizerName = "sgd"
+    server_betas: tuple[float, float] = (0.9, 0.999)
+    server_eps: float = 1e-8
     fraction: float = 1.0  # share of clients sampled per round
     min_clients: int = 1
     drop_rate: float = 0.0  # share of sampled clients that fail mid-round
@@ -54,6 +60,14 @@ class StrategyConfig:
             _bad("trim_fraction", self.trim_fraction, "in [0, 0.5)")
         if not self.server_lr > 0.0:
             _bad("server_lr", self.server_lr, "> 0")
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            _bad("server_optimizer", self.server_optimizer, f"one of {SERVER_OPTIMIZERS}")
+        betas = tuple(self.server_betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            _bad("server_betas", self.server_betas, "two numbers in [0, 1)")
+        self.server_betas = (float(betas[0]), float(betas[1]))
+        if not self.server_eps > 0.0:
+            _bad("server_eps", self.server_eps, "> 0")
         if not 0.0 < self.fraction <= 1.0:
             _bad("fraction", self.fraction, "in (0, 1]")
         if isinstance(self.min_clients, bool) or not isinstance(self.min_clients, int):

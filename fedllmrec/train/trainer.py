@@ -268,6 +268,8 @@ class Trainer:
                 progress.update(task, completed=state.epoch, status=self._status(row, state))
         # Off-grid final epochs were trained after the last save; keep them resumable too.
         self._save_last(out, model, state, run_record)
+        # Whole-run totals (e.g. federated traffic), before the best state replaces the last.
+        run_info: dict[str, Any] = getattr(model, "run_info", dict)()
 
         if state.best_value is None:
             # No evaluation fell inside max_epochs: the final model is all there is.
@@ -278,7 +280,7 @@ class Trainer:
         elif best_in_memory is not None:
             model.load_state_dict(best_in_memory)
         test = evaluator(model, "test")
-        return self._finish(out, state, test, run_record, getattr(model, "run_info", dict)())
+        return self._finish(out, state, test, run_record, run_info)
 
     # ------------------------------------------------------------------ helpers
 
