@@ -373,7 +373,6 @@ def train(msg: Message, context: Context) -> Message:
     fed.load = _record_tensors(msg.content.array_records["load"])["load"].clone()
     _load_private(local, context.state, positions)
     own, net = fed.ownership, fed.net
-    assert net is not None
     stored = context.state.array_records.get(PRIVATE_STATE, ArrayRecord())
     uploads = ConfigRecord()
     net.train()

@@ -201,9 +201,7 @@ class FederatedRecommender:
 
     def shared_tensors(self) -> dict[str, torch.Tensor]:
         """The live global and group tensors: what the server holds and sends."""
-        if self._net is None:
-            raise RuntimeError("call setup() first")
-        every = dict(self._net.named_parameters())
+        every = dict(self.net.named_parameters())
         return {name: every[name] for name in self.ownership.names(*SHARED)}
 
     @property
@@ -215,9 +213,7 @@ class FederatedRecommender:
 
     def train_epoch(self) -> float:
         """One federated round; returns the participants' example-weighted local loss."""
-        net, own, cfg = self._net, self.ownership, self.federation
-        if net is None:
-            raise RuntimeError("call setup() first")
+        net, own, cfg = self.net, self.ownership, self.federation
         strategy = cfg.strategy
         index = np.arange(self._clients.shape[0])
         participants = sample_clients(index, strategy.fraction, strategy.min_clients, self._rng)
@@ -270,8 +266,7 @@ class FederatedRecommender:
 
     def _keep_private(self, chunk: np.ndarray, result: ChunkResult) -> None:
         """Each client of ``chunk`` keeps its new private rows (they are never uploaded)."""
-        assert self._net is not None
-        every = dict(self._net.named_parameters())
+        every = dict(self.net.named_parameters())
         users = torch.from_numpy(self._clients[chunk])
         with torch.no_grad():
             for name, rows in result.private.items():
@@ -279,7 +274,6 @@ class FederatedRecommender:
 
     def train_chunk(self, chunk: np.ndarray, server: Mapping[str, torch.Tensor]) -> ChunkResult:
         """Local training of the clients at positions ``chunk`` of :attr:`clients`."""
-        assert self._net is not None
         own, cfg = self.ownership, self.federation
         tensors = self.base.training_tensors()
         rows = [self.client_rows[c] for c in chunk.tolist()]
@@ -297,11 +291,11 @@ class FederatedRecommender:
         if cfg.partition == "user":
             for batch in batches:  # each client sees its own private row as row 0
                 batch["user"] = torch.zeros_like(batch["user"])
-        every = dict(self._net.named_parameters()) | dict(self._net.named_buffers())
+        every = dict(self.net.named_parameters()) | dict(self.net.named_buffers())
         users = torch.from_numpy(self._clients[chunk])
         private = {name: every[name].detach()[users][:, None] for name in own.names(Owner.PRIVATE)}
         return train_clients(
-            self._net,
+            self.net,
             own,
             server,
             private,
@@ -356,10 +350,8 @@ class FederatedRecommender:
 
     def state_dict(self) -> dict[str, Any]:
         """Server tensors, every client's private rows, RNG, load and history."""
-        if self._net is None:
-            raise RuntimeError("call setup() first")
         return {
-            "net": self._net.state_dict(),
+            "net": self.net.state_dict(),
             "rng": self._rng.bit_generator.state,
             "model_rng": self.base._rng.bit_generator.state,  # sampled-softmax negatives
             "torch_rng": torch.get_rng_state(),
@@ -370,9 +362,7 @@ class FederatedRecommender:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self._net is None:
-            raise RuntimeError("call setup() before load_state_dict()")
-        self._net.load_state_dict(state["net"])
+        self.net.load_state_dict(state["net"])
         self._rng.bit_generator.state = state["rng"]
         self.base._rng.bit_generator.state = state["model_rng"]
         torch.set_rng_state(state["torch_rng"])
