@@ -127,7 +127,7 @@ def test_an_upload_holds_no_private_byte(kuaisar_split: Split) -> None:
     own = fed.ownership
     before = {n: t.clone() for n, t in fed.state_dict()["net"].items()}
     server = shared_state(fed)
-    result = fed.train_chunk(np.arange(4), server)
+    result = fed.train_chunk(np.arange(4), server, 1)
     user = int(fed.clients[0])
     upload = make_upload(user, int(fed.client_examples[0]), result, 0, own)
     wire = upload.to_bytes()
@@ -185,6 +185,63 @@ def test_vmap_simulator_matches_the_per_client_loop(kuaisar_split: Split, steps:
     assert vmapped[3]["AUC"] == pytest.approx(looped[3]["AUC"], abs=1e-6)
 
 
+def _three_rounds(fed: FederatedRecommender, split: Split) -> tuple[list[float], dict]:
+    fed.setup(split)
+    losses = [fed.train_epoch() for _ in range(3)]
+    return losses, fed.state_dict()["net"]
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "examples"])
+def test_linear_engine_matches_per_client_updates(
+    kuaisar_split: Split, ml100k_prepared: Prepared, weighting: str
+) -> None:
+    """One local SGD step + mean: one backward of the weighted losses = per-client updates.
+
+    Click MRFF on KuaiSAR-R and next-item MRFF on ml-100k (clients with several windows),
+    FedAdam on the server, groups, the balance loss from round 2 and private rows.
+    """
+    local = LocalConfig(steps=1, lr=1.0, optimizer="sgd")
+    # eps far above float noise: Adam's d / (|d| + eps) would magnify rounding of near-zero
+    # coordinates (the two engines sum the same terms in different orders).
+    strategy = StrategyConfig(
+        weighting=weighting,  # type: ignore[arg-type]
+        server_optimizer="adam",
+        server_lr=0.01,
+        server_eps=1e-3,
+    )
+    cases = {
+        "click": (kuaisar_split, lambda: click_mrff(local=local, strategy=strategy)),
+        "next-item": (
+            ml100k_prepared.split,
+            lambda: FederatedRecommender(
+                SequentialRecommender(architecture="mrff", dim=16, max_len=20, dropout=0.0),
+                FederationConfig(max_clients=24, chunk_windows=64, local=local, strategy=strategy),
+            ),
+        ),
+    }
+    for split, make in cases.values():
+        runs = {}
+        for engine in ("vmap", "linear"):
+            fed = make()
+            fed.federation = dataclasses.replace(fed.federation, engine=engine)
+            runs[engine] = _three_rounds(fed, split)
+        (v_losses, v_net), (l_losses, l_net) = runs["vmap"], runs["linear"]
+        np.testing.assert_allclose(l_losses, v_losses, rtol=1e-5)
+        assert v_net.keys() == l_net.keys()
+        for name, value in v_net.items():
+            torch.testing.assert_close(l_net[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_engine_needs_one_sgd_step_and_the_mean() -> None:
+    for local, strategy in [
+        (LocalConfig(optimizer="adam"), StrategyConfig()),
+        (LocalConfig(optimizer="sgd", steps=2), StrategyConfig()),
+        (LocalConfig(optimizer="sgd"), StrategyConfig(aggregator="median")),
+    ]:
+        with pytest.raises(ValueError, match="'linear' needs one local SGD step"):
+            FederationConfig(engine="linear", local=local, strategy=strategy)
+
+
 @pytest.mark.parametrize("server_optimizer", ["sgd", "adam"])
 def test_upload_path_aggregates_like_the_simulator(
     kuaisar_split: Split, server_optimizer: str
@@ -205,7 +262,7 @@ def test_upload_path_aggregates_like_the_simulator(
     )
     server = shared_state(fed)
     chunk = np.arange(6)
-    result = fed.train_chunk(chunk, server)
+    result = fed.train_chunk(chunk, server, 1)
     n = torch.from_numpy(fed.client_examples[chunk]).double()
     stacked = stack_chunks([result], n, own)
     direct, _ = aggregate_round(server, stacked, own, strategy, ServerOptimizer(strategy))
@@ -222,7 +279,7 @@ def test_upload_path_aggregates_like_the_simulator(
     halves = [np.arange(3), np.arange(3, 6)]
     accumulator = MeanAccumulator(own, strategy)
     for half in halves:
-        accumulator.add(fed.train_chunk(half, server), torch.ones(3, dtype=torch.float64))
+        accumulator.add(fed.train_chunk(half, server, 1), torch.ones(3, dtype=torch.float64))
     streamed, streamed_updated = accumulator.finish(server, ServerOptimizer(strategy))
     assert streamed_updated == updated
     for name in direct:
@@ -266,7 +323,7 @@ def test_routing_load_feeds_the_next_round(kuaisar_split: Split) -> None:
     assert torch.equal(fed.load, torch.zeros(2, 4))
     server = shared_state(fed)
     chunk = np.arange(24)
-    result = fed.train_chunk(chunk, server)
+    result = fed.train_chunk(chunk, server, 1)
     fed2 = click_mrff(chunk_windows=1000).setup(kuaisar_split)
     fed2.train_epoch()
     torch.testing.assert_close(fed2.load, routing_load(result.routing, 4))
@@ -278,7 +335,7 @@ def test_fedprox_pulls_local_models_towards_the_global_one(kuaisar_split: Split)
         strategy = StrategyConfig(proximal_mu=mu)
         fed = click_mrff(local=LocalConfig(steps=4, lr=0.05, optimizer="sgd"), strategy=strategy)
         fed.setup(kuaisar_split)
-        result = fed.train_chunk(np.arange(24), shared_state(fed))
+        result = fed.train_chunk(np.arange(24), shared_state(fed), 1)
         norms.append(sum(float(d.norm()) for d in result.shared_delta.values()))
     assert norms[1] < 0.5 * norms[0]
 

@@ -167,7 +167,10 @@ def test_flower_matches_simulator(simulated: FederatedRecommender, flower_run: P
     assert set(final) == set(own.names(Owner.GLOBAL, Owner.GROUP))
     assert own.names(Owner.GROUP), "the MRFF model has group tensors"
     for name, value in shared.items():
-        torch.testing.assert_close(final[name], value.detach(), rtol=1e-5, atol=1e-6)
+        # A node's chunk and the simulator's differ in width (padding columns are cut per
+        # chunk), so rounding differs; Adam's first step g / (|g| + eps) magnifies it where
+        # |g| is near eps. 1e-5 is a thousandth of the lr-0.01 step.
+        torch.testing.assert_close(final[name], value.detach(), rtol=1e-5, atol=1e-5)
 
     # Held-out predictions: global model + each client's private rows, kept on its node.
     saved = np.load(flower_run / "predictions_valid.npz")

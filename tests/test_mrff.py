@@ -13,6 +13,7 @@ from fedllmrec.data.prepare import Prepared
 from fedllmrec.data.schema import RecDataset
 from fedllmrec.data.split import leave_one_out
 from fedllmrec.models.mrff import MRFF, MRFFConfig, Routing, balance_loss
+from fedllmrec.models.sasrec import trim_left_padding
 from fedllmrec.models.sequential import SequentialRecommender, SequentialTrainConfig
 
 
@@ -38,6 +39,25 @@ def test_shapes_and_no_future_leakage() -> None:
     # The gate sees a prefix mean, so routing cannot carry later items backwards.
     torch.testing.assert_close(states[:, :8], later[:, :8])
     assert not torch.allclose(states[:, 8:], later[:, 8:])
+
+
+def test_cutting_all_padding_columns_changes_no_state() -> None:
+    """Positions count back from the newest item, so a trimmed batch is the same batch."""
+    model = make()
+    seq = torch.randint(1, 51, (3, 12))
+    seq[0, :5], seq[1, :7], seq[2, :9] = 0, 0, 0  # columns 0-4 are padding in every row
+    users = torch.tensor([0, 3, 5])
+    batch = trim_left_padding({"seq": seq, "user": users})
+    assert batch["seq"].shape == (3, 7) and torch.equal(batch["user"], users)
+    assert torch.equal(batch["seq"], seq[:, 5:])
+    with torch.no_grad():
+        full, routing = model(seq, users)
+        cut, cut_routing = model(batch["seq"], users)
+    torch.testing.assert_close(cut, full[:, 5:])
+    assert torch.equal(cut_routing.groups, routing.groups)
+    torch.testing.assert_close(cut_routing.probs, routing.probs)
+    # Nothing to cut: the batch comes back as it was.
+    assert trim_left_padding(batch)["seq"] is batch["seq"]
 
 
 def test_group_ffns_are_independent() -> None:

@@ -377,8 +377,11 @@ def train(msg: Message, context: Context) -> Message:
     uploads = ConfigRecord()
     net.train()
     try:
+        round_ = msg.content.config_records["run"]["round"]
+        if not isinstance(round_, int):
+            raise FedLLMRecError(f"train message: round must be an integer, not {round_!r}")
         for chunk in fed.chunks(np.sort(positions)):
-            result = fed.train_chunk(chunk, server)
+            result = fed.train_chunk(chunk, server, round_)
             for i, pos in enumerate(chunk.tolist()):
                 user = int(fed.clients[pos])
                 examples = int(fed.client_examples[pos])

@@ -159,6 +159,24 @@ class MeanAccumulator:
             weight = wk.sum(0).double()
             self.group_weight[name] = self.group_weight.get(name, 0) + weight
 
+    def add_sums(
+        self,
+        sums: Mapping[str, torch.Tensor],
+        total: float,
+        group_weight: Mapping[str, torch.Tensor],
+    ) -> None:
+        """Fold in weighted sums of deltas made elsewhere (the ``linear`` engine).
+
+        ``sums`` holds, per shared tensor, the sum of weight x delta (for a group
+        tensor, group k summed over the clients routed to k), ``total`` the summed
+        weight, and ``group_weight`` (K,) per group tensor the summed weight per group.
+        """
+        self.total += total
+        for name, part in sums.items():
+            self.sums[name] = self.sums[name] + part if name in self.sums else part
+        for name, weight in group_weight.items():
+            self.group_weight[name] = self.group_weight.get(name, 0) + weight.double()
+
     def finish(
         self, server: Mapping[str, torch.Tensor], optimizer: ServerOptimizer | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[str, list[bool]]]:

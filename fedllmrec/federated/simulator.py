@@ -30,13 +30,13 @@ from fedllmrec.errors import FedLLMRecError
 from fedllmrec.federated.client import (
     ChunkResult,
     ClientNet,
-    Engine,
     LocalConfig,
     download_bytes,
     train_clients,
     upload_bytes,
 )
 from fedllmrec.federated.fedopt import ServerOptimizer
+from fedllmrec.federated.linear import train_linear
 from fedllmrec.federated.ownership import SHARED, Owner, Ownership, declared_ownership
 from fedllmrec.federated.server import MeanAccumulator, aggregate_round, stack_chunks
 from fedllmrec.federated.strategies import (
@@ -48,6 +48,7 @@ from fedllmrec.federated.strategies import (
 )
 from fedllmrec.models.items import PAD
 from fedllmrec.models.mrff import MRFF
+from fedllmrec.models.sasrec import trim_left_padding
 from fedllmrec.models.sequential import SequentialRecommender
 
 
@@ -57,8 +58,10 @@ class FederationConfig:
 
     Parameters
     ----------
-    engine : {"vmap", "loop"}
-        Clients batched with ``torch.func.vmap``, or the per-client reference loop.
+    engine : {"vmap", "loop", "linear"}
+        Clients batched with ``torch.func.vmap``, or the per-client reference loop;
+        "linear" (one local SGD step, mean aggregation) gets the round's mean update from
+        one backward pass of the weighted summed losses (:mod:`.linear`).
     partition : {"user", "domain"}
         Every user a client (MRFF), or every domain a client holding its users'
         in-domain interactions (cross-domain; models without private state).
@@ -74,10 +77,10 @@ class FederationConfig:
         Use only the first ``max_clients`` clients by user id (0: all); for
         small experiments and tests. Evaluation still covers every user.
     seed : int
-        Seeds client sampling and dropout.
+        Seeds client sampling, dropout and clients' draws of local windows.
     """
 
-    engine: Engine = "vmap"
+    engine: Literal["vmap", "loop", "linear"] = "vmap"
     partition: Literal["user", "domain"] = "user"
     local: LocalConfig = field(default_factory=LocalConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
@@ -87,9 +90,19 @@ class FederationConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.engine not in ("vmap", "loop"):
+        if self.engine not in ("vmap", "loop", "linear"):
             raise ValueError(
-                f"FederationConfig.engine must be 'vmap' or 'loop', got {self.engine!r}"
+                f"FederationConfig.engine must be 'vmap', 'loop' or 'linear', got {self.engine!r}"
+            )
+        local, aggregator = self.local, self.strategy.aggregator
+        if self.engine == "linear" and (
+            local.optimizer != "sgd" or local.steps != 1 or aggregator != "mean"
+        ):
+            raise ValueError(
+                "FederationConfig.engine 'linear' needs one local SGD step and the 'mean' "
+                "aggregator (the mean update is then one gradient of the summed losses), got "
+                f"local.optimizer={self.local.optimizer!r}, local.steps={self.local.steps}, "
+                f"strategy.aggregator={self.strategy.aggregator!r}"
             )
         if self.partition not in ("user", "domain"):
             raise ValueError(
@@ -119,6 +132,7 @@ class FederatedRecommender:
     _ownership: Ownership | None = field(default=None, repr=False)
     _rng: np.random.Generator = field(default_factory=np.random.default_rng, repr=False)
     _clients: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    _newest_length: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     # ------------------------------------------------------------------ setup
 
@@ -148,6 +162,8 @@ class FederatedRecommender:
         seq = self.base.training_tensors()["seq"]
         targets = ((seq[:, 1:] != PAD) & (seq[:, :-1] != PAD)).sum(1).numpy()
         self.client_examples = np.array([targets[rows].sum() for rows in self.client_rows])
+        lengths = (seq != PAD).sum(1).numpy()
+        self._newest_length = np.array([lengths[rows[0]] for rows in self.client_rows])
         self._rng = np.random.default_rng(self.federation.seed)
         self.load = torch.zeros(self._routing_shape())  # round 0: no balance loss
         self.server_optimizer = ServerOptimizer(self.federation.strategy)
@@ -223,24 +239,17 @@ class FederatedRecommender:
         # A mean needs running sums only; robust aggregators need every client's delta.
         accumulator = MeanAccumulator(own, strategy) if strategy.aggregator == "mean" else None
         kept: list[ChunkResult] = []
-        done_parts, routing_parts, loss_parts = [], [], []
         net.train()
-        for chunk in self.chunks(survivors):
-            result = self.train_chunk(chunk, server)
-            examples = torch.from_numpy(self.client_examples[chunk]).to(torch.float64)
-            if accumulator is None:
-                kept.append(result)
-            else:
-                raw = examples if strategy.weighting == "examples" else torch.ones_like(examples)
-                accumulator.add(result, raw)
-            self._keep_private(chunk, result)
-            done_parts.append(chunk)
-            routing_parts.append(result.routing)
-            loss_parts.append(result.loss)
+        round_ = len(self.rounds) + 1
+        if cfg.engine == "linear":
+            assert accumulator is not None  # FederationConfig allows "linear" with "mean" only
+            done, routing, client_loss = train_linear(self, survivors, accumulator, round_)
+        else:
+            done, routing, client_loss = self._train_chunks(
+                survivors, server, accumulator, kept, round_
+            )
         net.eval()
-        done = np.concatenate(done_parts)
         n_examples = torch.from_numpy(self.client_examples[done]).to(torch.float64)
-        routing = torch.cat(routing_parts)
         if accumulator is None:
             stacked = stack_chunks(kept, n_examples, own)
             new, _ = aggregate_round(server, stacked, own, strategy, self.server_optimizer)
@@ -252,7 +261,7 @@ class FederatedRecommender:
         if cfg.balance_load and routing.shape[1]:
             self.load = routing_load(routing, self.load.shape[1])
         weights = client_weights(n_examples, "examples")
-        loss = float((torch.cat(loss_parts).double() * weights).sum())
+        loss = float((client_loss.double() * weights).sum())
         self.losses.append(loss)
         self.rounds.append(
             {
@@ -264,6 +273,37 @@ class FederatedRecommender:
         )
         return loss
 
+    def _train_chunks(
+        self,
+        survivors: np.ndarray,
+        server: Mapping[str, torch.Tensor],
+        accumulator: MeanAccumulator | None,
+        kept: list[ChunkResult],
+        round_: int,
+    ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """Every client's local update, chunk by chunk, into ``accumulator`` (or ``kept``).
+
+        Returns the clients done (positions), their routing (C, L) and local losses (C,).
+        """
+        weighting = self.federation.strategy.weighting
+        done_parts, routing_parts, loss_parts = [], [], []
+        for chunk in self.chunks(survivors):
+            result = self.train_chunk(chunk, server, round_)
+            if accumulator is None:
+                kept.append(result)
+            else:
+                accumulator.add(result, self.client_weight(chunk, weighting))
+            self._keep_private(chunk, result)
+            done_parts.append(chunk)
+            routing_parts.append(result.routing)
+            loss_parts.append(result.loss)
+        return np.concatenate(done_parts), torch.cat(routing_parts), torch.cat(loss_parts)
+
+    def client_weight(self, positions: np.ndarray, weighting: str) -> torch.Tensor:
+        """Unnormalised aggregation weights (C,) float64: example counts, or ones."""
+        examples = torch.from_numpy(self.client_examples[positions]).to(torch.float64)
+        return examples if weighting == "examples" else torch.ones_like(examples)
+
     def _keep_private(self, chunk: np.ndarray, result: ChunkResult) -> None:
         """Each client of ``chunk`` keeps its new private rows (they are never uploaded)."""
         every = dict(self.net.named_parameters())
@@ -272,22 +312,36 @@ class FederatedRecommender:
             for name, rows in result.private.items():
                 every[name][users] = rows[:, 0]  # (C, 1, ...) one row per client
 
-    def train_chunk(self, chunk: np.ndarray, server: Mapping[str, torch.Tensor]) -> ChunkResult:
-        """Local training of the clients at positions ``chunk`` of :attr:`clients`."""
-        own, cfg = self.ownership, self.federation
-        tensors = self.base.training_tensors()
+    def local_windows(self, chunk: np.ndarray, round_: int) -> list[list[np.ndarray]]:
+        """Each local step's training windows of the clients at positions ``chunk``.
+
+        A step takes all of a client's windows, or ``local.batch_size`` of them drawn
+        from the client's own stream for ``round_``, so a client draws the same
+        windows wherever it trains (any chunk of the simulator, any Flower node).
+        One list serves every step when nobody draws.
+        """
+        cfg = self.federation
         rows = [self.client_rows[c] for c in chunk.tolist()]
         size = cfg.local.batch_size
-        if size and any(r.shape[0] > size for r in rows):
-            # Clients holding many windows draw a fresh batch for every local step.
-            steps = [
-                [r if r.shape[0] <= size else np.sort(self._rng.choice(r, size, replace=False))
-                 for r in rows]
-                for _ in range(cfg.local.steps)
-            ]  # fmt: skip
-            batches: list[dict[str, torch.Tensor]] = [_pad(tensors, s) for s in steps]
-        else:
-            batches = [_pad(tensors, rows)]
+        if not size or all(r.shape[0] <= size for r in rows):
+            return [rows]
+        steps: list[list[np.ndarray]] = [[] for _ in range(cfg.local.steps)]
+        for client, r in zip(self._clients[chunk].tolist(), rows, strict=True):
+            rng = np.random.default_rng([cfg.seed, round_, client])
+            for step in steps:
+                draw = r if r.shape[0] <= size else np.sort(rng.choice(r, size, replace=False))
+                step.append(draw)
+        return steps
+
+    def train_chunk(
+        self, chunk: np.ndarray, server: Mapping[str, torch.Tensor], round_: int
+    ) -> ChunkResult:
+        """Local training in round ``round_`` (from 1) of the clients at positions ``chunk``."""
+        own, cfg = self.ownership, self.federation
+        tensors = self.base.training_tensors()
+        batches = [_pad(tensors, rows) for rows in self.local_windows(chunk, round_)]
+        # Columns that are padding in every window of the chunk change nothing: cut them.
+        batches = [trim_left_padding(batch) for batch in batches]
         if cfg.partition == "user":
             for batch in batches:  # each client sees its own private row as row 0
                 batch["user"] = torch.zeros_like(batch["user"])
@@ -303,14 +357,18 @@ class FederatedRecommender:
             self.load,
             cfg.local,
             cfg.strategy.proximal_mu,
-            cfg.engine,
+            # A node computes its clients' uploads one by one (vmap): "linear" only fuses them.
+            "vmap" if cfg.engine == "linear" else cfg.engine,
         )
 
     def chunks(self, positions: np.ndarray) -> Iterator[np.ndarray]:
-        """Clients grouped by window count, so padding inside a chunk stays small."""
+        """Clients grouped by windows per step, then newest window's length, so a chunk
+        holds little padding (its all-padding columns are cut, see :meth:`train_chunk`)."""
         counts = np.array([self.client_rows[p].shape[0] for p in positions.tolist()])
-        ordered = positions[np.argsort(counts, kind="stable")]
-        counts = np.sort(counts, kind="stable")
+        if self.federation.local.batch_size:
+            counts = np.minimum(counts, self.federation.local.batch_size)
+        order = np.lexsort((self._newest_length[positions], counts))
+        ordered, counts = positions[order], counts[order]
         start = 0
         while start < ordered.shape[0]:
             end = start + 1

@@ -28,8 +28,13 @@ from fedllmrec.models.gru4rec import GRU4Rec
 from fedllmrec.models.items import PAD, ItemSource
 from fedllmrec.models.mrff import MRFF, Routing
 from fedllmrec.models.owners import Owner
-from fedllmrec.models.sasrec import SASRec
-from fedllmrec.models.sequential import BatchLoss, SequentialRecommender, masked_mean
+from fedllmrec.models.sasrec import SASRec, trim_left_padding
+from fedllmrec.models.sequential import (
+    BatchLoss,
+    SequentialRecommender,
+    masked_mean,
+    reduce_targets,
+)
 
 NO_CLICK, CLICK = 1, 2  # click-label tokens; 0 is padding
 
@@ -119,6 +124,7 @@ class ClickRecommender(SequentialRecommender):
         newest_only: bool = False,
         gather: bool = True,
         negatives: torch.Tensor | None = None,
+        row_weight: torch.Tensor | None = None,
     ) -> BatchLoss:
         """All-position BCE of the next exposure's click (see the base class for the options)."""
         assert self.model is not None and self.head is not None
@@ -127,6 +133,14 @@ class ClickRecommender(SequentialRecommender):
         logits = self.head(states, self.model.items(items[:, 1:]))  # (B, T)
         mask = (items[:, 1:] != PAD) & (items[:, :-1] != PAD)
         target = (marks[:, 1:] == CLICK).to(logits.dtype)
+        if row_weight is not None:
+            per_target = F.binary_cross_entropy_with_logits(
+                logits[mask], target[mask], reduction="none"
+            )
+            rows = mask.nonzero()[:, 0]
+            task, row_loss = reduce_targets(per_target, rows, items.shape[0], row_weight)
+            aux = self._balance(routing, load, newest_only)
+            return BatchLoss(task, aux, mask.sum(), routing, row_loss)
         if gather:
             task = F.binary_cross_entropy_with_logits(logits[mask], target[mask])
         else:
@@ -151,15 +165,20 @@ class ClickRecommender(SequentialRecommender):
         seen = np.flatnonzero(split.role < code)
         bounds = np.searchsorted(ds.user[seen], np.arange(ds.n_users + 1))
         probs = np.empty(targets.shape[0], dtype=np.float64)
+        # Batches of similar history length hold little padding, which is cut off.
+        length = np.diff(bounds)[ds.user[targets]]
+        order = np.argsort(length, kind="stable")
         for lo in range(0, targets.shape[0], batch_size):
-            batch = targets[lo : lo + batch_size]
+            index = order[lo : lo + batch_size]
+            batch = targets[index]
             users = ds.user[batch].astype(np.int64)
             history = [seen[bounds[u] : bounds[u + 1]] for u in users.tolist()]
             items, marks = _exposure_tokens(ds, history, self.max_len)
+            tokens = trim_left_padding({"seq": items, "label": marks})
             target = torch.from_numpy(ds.item[batch].astype(np.int64) + 1)  # (B,)
-            states, _ = self._states(items, marks, torch.from_numpy(users))
+            states, _ = self._states(tokens["seq"], tokens["label"], torch.from_numpy(users))
             logits = self.head(states[:, -1], self.model.items(target))  # (B,)
-            probs[lo : lo + batch.shape[0]] = torch.sigmoid(logits).numpy()
+            probs[index] = torch.sigmoid(logits).numpy()
         return probs, ds.label[targets].astype(np.float64)
 
     def evaluate(self, role: str) -> dict[str, float]:

@@ -70,7 +70,11 @@ class Routing:
 
 
 def balance_loss(
-    routing: Routing, n_groups: int, alpha: float, load: torch.Tensor | None = None
+    routing: Routing,
+    n_groups: int,
+    alpha: float,
+    load: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MRFF's balance loss, averaged over the users of a batch.
 
@@ -84,6 +88,8 @@ def balance_loss(
         (L, K) share of participants routed to each group. In federated rounds
         this comes from the previous round's routing counts; by default the
         batch's own routing is used (a constant: no gradient flows through it).
+    weight : torch.Tensor, optional
+        (B,) weights of the users: the weighted sum replaces the mean.
 
     Returns
     -------
@@ -95,7 +101,9 @@ def balance_loss(
         counts = F.one_hot(groups, n_groups).sum(dim=1).to(probs.dtype)  # (L, K)
         load = counts / groups.shape[1]
     chosen_load = load.detach().gather(1, groups)  # (L, B)
-    return alpha * n_groups * (chosen_load * probs).sum(dim=0).mean()
+    per_user = (chosen_load * probs).sum(dim=0)  # (B,)
+    total = per_user.mean() if weight is None else (per_user * weight).sum()
+    return alpha * n_groups * total
 
 
 class GroupFFN(nn.Module):
@@ -113,6 +121,9 @@ class GroupFFN(nn.Module):
         super().__init__()
         self.layer = layer  # routing layer, for group-wise aggregation
         self.dense = False
+        # Row -> the row whose last position routes its client (the federated linear engine):
+        # group tensors then learn only from positions routed as their client is.
+        self.route_rows: torch.Tensor | None = None
         k, d, h = config.n_groups, config.dim, config.ffn_mult * config.dim
         # Each group is drawn independently: the release's groups were one shared module.
         self.w1 = nn.Parameter(torch.randn(k, d, h) * 0.02)
@@ -137,13 +148,25 @@ class GroupFFN(nn.Module):
             h = h * (keep[:, :, None] * chosen[..., None])
             return torch.einsum("btkh,khd->btd", h, self.w2) + chosen @ self.b2
         flat = z.reshape(-1, z.shape[-1])  # (N, D)
-        routed = torch.where(mask.reshape(-1), groups.reshape(-1), -1)  # (N,)
+        routed = torch.where(mask.reshape(-1), groups.reshape(-1), -1)  # (N, )
+        weights: tuple[torch.Tensor, ...] = (self.w1, self.b1, self.w2, self.b2)
+        if self.route_rows is None:
+            parts = [(routed, weights)]
+        else:
+            client_group = groups[self.route_rows, -1]  # (B,)
+            own = (groups == client_group[:, None]).reshape(-1)  # (N,)
+            frozen = tuple(w.detach() for w in weights)
+            parts = [
+                (torch.where(own, routed, -1), weights),
+                (torch.where(own, -1, routed), frozen),
+            ]
         out = torch.zeros_like(flat)
-        for k in range(self.w1.shape[0]):
-            index = (routed == k).nonzero().squeeze(1)
-            if index.numel():
-                h = F.relu(flat[index] @ self.w1[k] + self.b1[k])  # (n_k, H)
-                out = out.index_add(0, index, self.dropout(h) @ self.w2[k] + self.b2[k])
+        for part, (w1, b1, w2, b2) in parts:
+            for k in range(self.w1.shape[0]):
+                index = (part == k).nonzero().squeeze(1)
+                if index.numel():
+                    h = F.relu(flat[index] @ w1[k] + b1[k])  # (n_k, H)
+                    out = out.index_add(0, index, self.dropout(h) @ w2[k] + b2[k])
         return out.reshape(z.shape)
 
 

@@ -20,7 +20,8 @@ from torch.nn import functional as F
 from fedllmrec.models.items import PAD, ItemEmbedding, ItemEmbeddingConfig
 from fedllmrec.models.owners import Owner
 
-__all__ = ["PAD", "SASRec", "SASRecConfig"]  # PAD: item 0 is padding, item i is stored as i + 1
+# PAD: item 0 is padding, item i is stored as i + 1
+__all__ = ["PAD", "SASRec", "SASRecConfig", "trim_left_padding"]
 
 
 @dataclass
@@ -93,6 +94,21 @@ class Block(nn.Module):
         return x * pad_mask[..., None]
 
 
+def trim_left_padding(batch: dict[str, torch.Tensor], key: str = "seq") -> dict[str, torch.Tensor]:
+    """Drop the leading columns that are padding in every row of ``batch[key]`` (..., T).
+
+    Every tensor shaped like ``batch[key]`` loses the same columns; others are kept.
+    Positions count back from the newest item (:meth:`ItemSequenceModel.embed`),
+    so the model gives the same states on fewer positions.
+    """
+    seq = batch[key]
+    used = (seq != PAD).reshape(-1, seq.shape[-1]).any(0)  # (T,)
+    first = int(used.to(torch.uint8).argmax())  # 0 when nothing is used: kept whole
+    if first == 0:
+        return batch
+    return {k: v[..., first:] if v.shape == seq.shape else v for k, v in batch.items()}
+
+
 class ItemSequenceModel(nn.Module):
     """Input embedding and scoring shared by SASRec-style models (SASRec, MRFF)."""
 
@@ -112,12 +128,16 @@ class ItemSequenceModel(nn.Module):
     def embed(
         self, seq: torch.Tensor, extra: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scaled item vectors plus positions (B, T, D), zero at padding, and the mask (B, T)."""
-        t = seq.shape[1]  # (B, T)
-        if t > self.config.max_len:
-            raise ValueError(f"sequence length {t} exceeds max_len {self.config.max_len}")
+        """Scaled item vectors plus positions (B, T, D), zero at padding, and the mask (B, T).
+
+        Positions count back from the newest item, which is always ``max_len - 1``, so a
+        left-padded batch gives the same states with its all-padding columns cut off.
+        """
+        t, max_len = seq.shape[1], self.config.max_len  # (B, T)
+        if t > max_len:
+            raise ValueError(f"sequence length {t} exceeds max_len {max_len}")
         pad_mask = seq != PAD  # (B, T)
-        pos = torch.arange(t, device=seq.device)
+        pos = torch.arange(max_len - t, max_len, device=seq.device)
         x = self.items(seq) * math.sqrt(self.config.dim) + self.pos_emb(pos)[None]
         if extra is not None:
             x = x + extra

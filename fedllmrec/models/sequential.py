@@ -30,10 +30,26 @@ Architecture = Literal["sasrec", "gru4rec", "mrff"]
 class BatchLoss:
     """What one batch contributes to training."""
 
-    task: torch.Tensor  # mean loss per target ()
+    task: torch.Tensor  # mean loss per target (), or the row-weighted sum (see row_weight)
     aux: torch.Tensor  # auxiliary loss (MRFF's balance loss; 0 otherwise) ()
     n_targets: torch.Tensor  # number of targets () int
     routing: Routing | None  # MRFF: groups and gate probabilities (L, B)
+    row_loss: torch.Tensor | None = None  # with row_weight: each row's summed target loss (B,)
+
+
+def reduce_targets(
+    per_target: torch.Tensor, rows: torch.Tensor, n_rows: int, row_weight: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The task loss of per-target losses (N,) of rows ``rows`` (N,) in a batch of ``n_rows``.
+
+    Without ``row_weight`` the mean per target; with it (B,), ``sum_b row_weight[b] *
+    sum of row b's target losses`` and those row sums (detached), so one pass can
+    weigh every client's mean loss (the federated ``linear`` engine).
+    """
+    if row_weight is None:
+        return per_target.mean(), None
+    row_sum = per_target.new_zeros(n_rows).index_add(0, rows, per_target)  # (B,)
+    return (row_sum * row_weight).sum(), row_sum.detach()
 
 
 @dataclass
@@ -73,6 +89,7 @@ class SequentialRecommender:
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.2
+    ffn_mult: int = 4  # feed-forward hidden width = ffn_mult * dim (MRFF's release: 1)
     item_source: ItemSource = "id"
     item_features: Sequence[str] = ()
     # MRFF only
@@ -149,8 +166,9 @@ class SequentialRecommender:
         )
         if self.architecture == "sasrec":
             config = SASRecConfig(
-                ds.n_items, self.max_len, self.dim, self.n_layers, self.n_heads, self.dropout
-            )
+                ds.n_items, self.max_len, self.dim, self.n_layers, self.n_heads, self.dropout,
+                self.ffn_mult,
+            )  # fmt: skip
             return SASRec(config, items)
         if self.architecture == "gru4rec":
             return GRU4Rec(GRU4RecConfig(ds.n_items, self.dim, self.n_layers, self.dropout), items)
@@ -163,7 +181,7 @@ class SequentialRecommender:
                 user_codes = torch.from_numpy(codes)
             mrff = MRFFConfig(
                 ds.n_items, self.max_len, self.dim, self.n_layers, self.n_heads, self.dropout,
-                n_users=ds.n_users, n_groups=self.n_groups, gate=self.gate,
+                self.ffn_mult, n_users=ds.n_users, n_groups=self.n_groups, gate=self.gate,
                 user_hidden=self.user_hidden, balance_alpha=self.balance_alpha,
                 user_feature_cardinalities=cards,
             )  # fmt: skip
@@ -211,18 +229,26 @@ class SequentialRecommender:
         newest_only: bool = False,
         gather: bool = True,
         negatives: torch.Tensor | None = None,
+        row_weight: torch.Tensor | None = None,
     ) -> BatchLoss:
         """Loss of a batch of :meth:`training_tensors` rows.
 
         ``gather=False`` masks padding by weights instead of indexing it away:
         same value, no data-dependent shapes, so it runs under ``torch.func.vmap``
         (the federated simulator). ``negatives`` (M,) fixes the sampled-softmax
-        draw, which a vmapped client cannot make itself.
+        draw, which a vmapped client cannot make itself. ``row_weight`` (B,) makes
+        the task a weighted sum of rows' summed losses (see :func:`reduce_targets`).
         """
         seq = batch["seq"]
         inputs, targets = seq[:, :-1], seq[:, 1:]  # (B, T)
         states, routing = self._encode(inputs, batch["user"])  # (B, T, D)
         mask = (targets != PAD) & (inputs != PAD)
+        if row_weight is not None:
+            per_target = self._next_item_loss(states, targets, mask, True, negatives, "none")
+            rows = mask.nonzero()[:, 0]
+            task, row_loss = reduce_targets(per_target, rows, seq.shape[0], row_weight)
+            aux = self._balance(routing, load, newest_only)
+            return BatchLoss(task, aux, mask.sum(), routing, row_loss)
         task = self._next_item_loss(states, targets, mask, gather, negatives)
         return BatchLoss(task, self._balance(routing, load, newest_only), mask.sum(), routing)
 
@@ -268,8 +294,12 @@ class SequentialRecommender:
         mask: torch.Tensor,
         gather: bool,
         negatives: torch.Tensor | None,
+        reduction: Literal["mean", "none"] = "mean",
     ) -> torch.Tensor:
-        """Mean cross-entropy of the masked targets (B, T) (shifted ids) given states (B, T, D)."""
+        """Mean cross-entropy of the masked targets (B, T) (shifted ids) given states (B, T, D).
+
+        ``reduction="none"`` (with ``gather``): each masked target's loss (N,), row-major.
+        """
         assert self.model is not None
         cfg = self.train
         flat_mask = None
@@ -291,7 +321,7 @@ class SequentialRecommender:
             logits = torch.cat([positive, negative], dim=1)
             target_index = torch.zeros_like(targets)
         if flat_mask is None:
-            return F.cross_entropy(logits, target_index)
+            return F.cross_entropy(logits, target_index, reduction=reduction)
         return masked_mean(F.cross_entropy(logits, target_index, reduction="none"), flat_mask)
 
     def state_dict(self) -> dict[str, Any]:

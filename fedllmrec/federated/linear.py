@@ -1,0 +1,167 @@
+"""The ``linear`` engine: a round of one-step SGD clients as one backward pass.
+
+When every client takes one SGD step from the server's tensors and the server
+averages, the round is linear in the clients' gradients: the weighted mean of
+the updates ``-lr * g_c`` is ``-lr`` times the gradient of ``sum_c w_c L_c``
+divided by ``sum_c w_c``. So the simulator needs no per-client gradient of any
+shared tensor: it runs ordinary batched forward and backward passes over all
+clients' windows, with groups routed sparsely (FedAdam then steps on the mean,
+:mod:`.fedopt`). Two things keep it equal to the per-client engines:
+
+* a group tensor learns only from positions routed as their client is (a
+  client uploads only its routed group's slice), see ``GroupFFN.route_rows``;
+* private rows are disjoint per client, so each row's gradient is its own
+  client's, scaled by the client's weight, which is divided out.
+
+The per-client engines remain the oracle: a test checks both give the same round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedllmrec.federated.ownership import SHARED, Owner
+from fedllmrec.federated.server import MeanAccumulator
+from fedllmrec.models.items import PAD
+from fedllmrec.models.mrff import MRFF, GroupFFN, balance_loss
+from fedllmrec.models.sasrec import trim_left_padding
+
+if TYPE_CHECKING:
+    from fedllmrec.federated.simulator import FederatedRecommender
+
+
+@contextlib.contextmanager
+def sparse_rows(net: nn.Module, names: list[str]) -> Iterator[None]:
+    """Private tables (``names``: their weights) get sparse gradients meanwhile: a chunk
+    touches only its clients' rows, and a dense gradient of every user's row would cost
+    more than the chunk's arithmetic."""
+    tables = [net.get_submodule(name.rsplit(".", 1)[0]) for name in names]
+    embeddings = [t for t in tables if isinstance(t, nn.Embedding)]
+    for table in embeddings:
+        table.sparse = True
+    try:
+        yield
+    finally:
+        for table in embeddings:
+            table.sparse = False  # as ClientNet keeps them (functional gradients are dense)
+
+
+@contextlib.contextmanager
+def client_routes(net: nn.Module, route_rows: torch.Tensor) -> Iterator[None]:
+    """Group FFNs learn only from positions routed as their row's client (``route_rows``)."""
+    ffns = [m for m in net.modules() if isinstance(m, GroupFFN)]
+    for ffn in ffns:
+        ffn.route_rows = route_rows
+    try:
+        yield
+    finally:
+        for ffn in ffns:
+            ffn.route_rows = None
+
+
+def train_linear(
+    fed: FederatedRecommender,
+    survivors: np.ndarray,
+    accumulator: MeanAccumulator,
+    round_: int,
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """Train the clients at positions ``survivors`` for one round into ``accumulator``.
+
+    Private rows are updated in place. Returns the clients done (positions), their
+    routing (C, L) and their local task losses (C,), as the per-client engines do.
+    """
+    own, cfg, net, base = fed.ownership, fed.federation, fed.net, fed.base
+    lr = cfg.local.lr
+    params = dict(net.named_parameters())
+    private = [n for n in own.names(Owner.PRIVATE) if own[n].is_parameter]
+    model = base.model
+    mrff = model.config if isinstance(model, MRFF) else None
+    tensors = base.training_tensors()
+    net.zero_grad(set_to_none=True)
+    done_parts, routing_parts, loss_parts, weight_parts = [], [], [], []
+    for chunk in fed.chunks(survivors):
+        (rows,) = fed.local_windows(chunk, round_)  # one step: one list of windows
+        counts = np.array([r.shape[0] for r in rows])
+        owner = torch.from_numpy(np.repeat(np.arange(len(rows)), counts))  # row -> client
+        newest = torch.from_numpy(np.cumsum(counts) - counts)  # client -> its newest row
+        batch = {k: v[torch.from_numpy(np.concatenate(rows))] for k, v in tensors.items()}
+        batch = trim_left_padding(batch)
+        seq = batch["seq"]
+        row_targets = ((seq[:, 1:] != PAD) & (seq[:, :-1] != PAD)).sum(1).double()  # (B,)
+        targets = torch.zeros(len(rows), dtype=torch.float64).index_add(0, owner, row_targets)
+        weight = fed.client_weight(chunk, cfg.strategy.weighting)  # (C,)
+        # Each client's mean loss, weighted: w_c / n_c on each of its targets.
+        row_weight = (weight / targets.clamp(min=1.0))[owner].float()
+        with client_routes(net, newest[owner]), sparse_rows(net, private):
+            out = base.batch_loss(batch, row_weight=row_weight)
+        assert out.row_loss is not None
+        loss = out.task
+        groups = torch.zeros(len(rows), 0, dtype=torch.long)
+        if mrff is not None and out.routing is not None:
+            groups = out.routing.groups[:, newest].T  # (C, L) each client's routing
+            probs = out.routing.probs[:, newest]
+            if fed.load.abs().sum() > 0:  # no balance loss before any routing was seen
+                newest_routing = type(out.routing)(groups.T, probs)
+                loss = loss + balance_loss(
+                    newest_routing, mrff.n_groups, mrff.balance_alpha, fed.load, weight.float()
+                )
+        loss.backward()
+        _private_step(params, private, torch.from_numpy(fed.clients[chunk]), weight, lr)
+        client_sum = torch.zeros(len(rows), dtype=torch.float64).index_add(
+            0, owner, out.row_loss.double()
+        )
+        done_parts.append(chunk)
+        routing_parts.append(groups)
+        loss_parts.append((client_sum / targets.clamp(min=1.0)).float())
+        weight_parts.append(weight)
+    done = np.concatenate(done_parts)
+    routing, weights = torch.cat(routing_parts), torch.cat(weight_parts)
+    sums: dict[str, torch.Tensor] = {}
+    for name in own.names(*SHARED):
+        grad = params[name].grad
+        sums[name] = torch.zeros_like(params[name]) if grad is None else -lr * grad
+    group_weight = {}
+    for name in own.names(Owner.GROUP):
+        layer = own[name].layer
+        assert layer is not None
+        k = own[name].shape[0]
+        group_weight[name] = torch.zeros(k, dtype=torch.float64).index_add(
+            0, routing[:, layer], weights
+        )
+    accumulator.add_sums(sums, float(weights.sum()), group_weight)
+    net.zero_grad(set_to_none=True)
+    return done, routing, torch.cat(loss_parts)
+
+
+@torch.no_grad()
+def _private_step(
+    params: dict[str, nn.Parameter],
+    names: list[str],
+    users: torch.Tensor,
+    weight: torch.Tensor,
+    lr: float,
+) -> None:
+    """Each client's own SGD step on its private rows, its weight divided out; clears them.
+
+    Chunks hold disjoint clients, so a chunk's rows are final once its backward is done.
+    """
+    for name in names:
+        param, grad = params[name], params[name].grad
+        if grad is None:
+            continue
+        user_weight = torch.zeros(param.shape[0], dtype=torch.float64)
+        user_weight[users] = weight
+        if grad.is_sparse:
+            grad = grad.coalesce()
+            touched, values = grad.indices()[0], grad.values()
+        else:
+            touched, values = users, grad[users]
+        scale = (lr / user_weight[touched]).to(values.dtype)
+        param.index_add_(0, touched, -scale.reshape(-1, *[1] * (values.dim() - 1)) * values)
+        param.grad = None
