@@ -29,7 +29,7 @@ from torch import nn
 from fedllmrec.federated.ownership import SHARED, Owner
 from fedllmrec.federated.server import MeanAccumulator
 from fedllmrec.models.items import PAD
-from fedllmrec.models.mrff import MRFF, GroupFFN, balance_loss
+from fedllmrec.models.mrff import MRFF, GroupFFN, Routing, balance_loss
 from fedllmrec.models.sasrec import trim_left_padding
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def train_linear(
             groups = out.routing.groups[:, newest].T  # (C, L) each client's routing
             probs = out.routing.probs[:, newest]
             if fed.load.abs().sum() > 0:  # no balance loss before any routing was seen
-                newest_routing = type(out.routing)(groups.T, probs)
+                newest_routing = Routing(groups.T, probs)
                 loss = loss + balance_loss(
                     newest_routing, mrff.n_groups, mrff.balance_alpha, fed.load, weight.float()
                 )
