@@ -138,7 +138,7 @@ class ClickRecommender(SequentialRecommender):
                 logits[mask], target[mask], reduction="none"
             )
             rows = mask.nonzero()[:, 0]
-            task, row_loss = reduce_targets(per_target, rows, items.shape[0], row_weight)
+            task, row_loss = reduce_targets(per_target, rows, row_weight)
             aux = self._balance(routing, load, newest_only)
             return BatchLoss(task, aux, mask.sum(), routing, row_loss)
         if gather:

@@ -148,7 +148,7 @@ class GroupFFN(nn.Module):
             h = h * (keep[:, :, None] * chosen[..., None])
             return torch.einsum("btkh,khd->btd", h, self.w2) + chosen @ self.b2
         flat = z.reshape(-1, z.shape[-1])  # (N, D)
-        routed = torch.where(mask.reshape(-1), groups.reshape(-1), -1)  # (N, )
+        routed = torch.where(mask.reshape(-1), groups.reshape(-1), -1)  # (N,)
         weights: tuple[torch.Tensor, ...] = (self.w1, self.b1, self.w2, self.b2)
         if self.route_rows is None:
             parts = [(routed, weights)]

@@ -38,17 +38,15 @@ class BatchLoss:
 
 
 def reduce_targets(
-    per_target: torch.Tensor, rows: torch.Tensor, n_rows: int, row_weight: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The task loss of per-target losses (N,) of rows ``rows`` (N,) in a batch of ``n_rows``.
+    per_target: torch.Tensor, rows: torch.Tensor, row_weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-weighted task loss of per-target losses (N,) that belong to rows ``rows`` (N,).
 
-    Without ``row_weight`` the mean per target; with it (B,), ``sum_b row_weight[b] *
-    sum of row b's target losses`` and those row sums (detached), so one pass can
-    weigh every client's mean loss (the federated ``linear`` engine).
+    Returns ``sum_b row_weight[b] * (sum of row b's target losses)`` and those row sums
+    (B,), detached: one pass can so weigh every client's mean loss (the federated
+    ``linear`` engine).
     """
-    if row_weight is None:
-        return per_target.mean(), None
-    row_sum = per_target.new_zeros(n_rows).index_add(0, rows, per_target)  # (B,)
+    row_sum = per_target.new_zeros(row_weight.shape[0]).index_add(0, rows, per_target)  # (B,)
     return (row_sum * row_weight).sum(), row_sum.detach()
 
 
@@ -246,7 +244,7 @@ class SequentialRecommender:
         if row_weight is not None:
             per_target = self._next_item_loss(states, targets, mask, True, negatives, "none")
             rows = mask.nonzero()[:, 0]
-            task, row_loss = reduce_targets(per_target, rows, seq.shape[0], row_weight)
+            task, row_loss = reduce_targets(per_target, rows, row_weight)
             aux = self._balance(routing, load, newest_only)
             return BatchLoss(task, aux, mask.sum(), routing, row_loss)
         task = self._next_item_loss(states, targets, mask, gather, negatives)
