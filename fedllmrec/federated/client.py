@@ -14,9 +14,8 @@ A domain client holds many users and has no private tensors.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,7 +27,7 @@ from torch.func import functional_call, grad, vmap
 
 from fedllmrec.federated.ownership import SHARED, Owner, Ownership
 from fedllmrec.federated.strategies import proximal_term
-from fedllmrec.models.mrff import GroupFFN
+from fedllmrec.models.mrff import group_ffn_mode
 from fedllmrec.models.sequential import BatchLoss, SequentialRecommender
 
 Engine = Literal["vmap", "loop"]
@@ -195,7 +194,7 @@ def train_clients(
     frozen = {
         name: t for name, t in _all_tensors(net).items() if ownership[name].owner is Owner.FROZEN
     }
-    private_trained = [n for n in ownership.names(Owner.PRIVATE) if ownership[n].is_parameter]
+    private_trained = ownership.private_parameters()
     private_data = {
         n: private_rows[n] for n in ownership.names(Owner.PRIVATE) if n not in private_trained
     }
@@ -255,7 +254,7 @@ def train_clients(
         return grads, task, groups
 
     initial = {**start, **{name: private_rows[name] for name in private_trained}}
-    with dense_groups(net):
+    with group_ffn_mode(net, dense=True):
         grads, losses, routing = gradients(initial, 0)
         if config.steps == 1:
             # One step from a fresh optimiser has a closed form (Adam: lr * g / (|g| + eps)),
@@ -296,19 +295,6 @@ def _first_step(grad: torch.Tensor, config: LocalConfig) -> torch.Tensor:
     # In place: the per-client gradients are the largest tensors of a round.
     denom = grad.abs().add_(1e-8)
     return grad.div_(denom).mul_(-config.lr)
-
-
-@contextlib.contextmanager
-def dense_groups(net: nn.Module) -> Iterator[None]:
-    """Group FFNs in their vmap-able dense form (no data-dependent shapes) meanwhile."""
-    ffns = [m for m in net.modules() if isinstance(m, GroupFFN)]
-    for ffn in ffns:
-        ffn.dense = True
-    try:
-        yield
-    finally:
-        for ffn in ffns:
-            ffn.dense = False
 
 
 def _all_tensors(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -73,7 +73,6 @@ import fedllmrec
 from fedllmrec.errors import FedLLMRecError
 from fedllmrec.eval.metrics import auc, log_loss
 from fedllmrec.federated.client import ClientUpload, download_bytes, make_upload, upload_bytes
-from fedllmrec.federated.ownership import Owner
 from fedllmrec.federated.server import aggregate_round, stack_uploads
 from fedllmrec.federated.simulator import (
     FederatedRecommender,
@@ -271,11 +270,6 @@ def _set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def _trainable_private(fed: FederatedRecommender) -> list[str]:
-    own = fed.ownership
-    return [name for name in own.names(Owner.PRIVATE) if own[name].is_parameter]
-
-
 def _tensor_record(tensors: Mapping[str, torch.Tensor]) -> ArrayRecord:
     return ArrayRecord({name: Array(t.detach().cpu().numpy()) for name, t in tensors.items()})
 
@@ -308,7 +302,8 @@ def _local(source: RecipeSource) -> _Local:
             _LOCAL.clear()
             fed = build_federation(source)
             every = dict(fed.net.named_parameters())
-            initial = {name: every[name].detach().clone() for name in _trainable_private(fed)}
+            private = fed.ownership.private_parameters()
+            initial = {name: every[name].detach().clone() for name in private}
             _LOCAL[source] = _Local(fed, initial)
         return _LOCAL[source]
 

@@ -28,8 +28,7 @@ from torch import nn
 
 from fedllmrec.federated.ownership import SHARED, Owner
 from fedllmrec.federated.server import MeanAccumulator
-from fedllmrec.models.items import PAD
-from fedllmrec.models.mrff import MRFF, GroupFFN, Routing, balance_loss
+from fedllmrec.models.mrff import MRFF, Routing, balance_loss, group_ffn_mode
 from fedllmrec.models.sasrec import trim_left_padding
 
 if TYPE_CHECKING:
@@ -52,19 +51,6 @@ def sparse_rows(net: nn.Module, names: list[str]) -> Iterator[None]:
             table.sparse = False  # as ClientNet keeps them (functional gradients are dense)
 
 
-@contextlib.contextmanager
-def client_routes(net: nn.Module, route_rows: torch.Tensor) -> Iterator[None]:
-    """Group FFNs learn only from positions routed as their row's client (``route_rows``)."""
-    ffns = [m for m in net.modules() if isinstance(m, GroupFFN)]
-    for ffn in ffns:
-        ffn.route_rows = route_rows
-    try:
-        yield
-    finally:
-        for ffn in ffns:
-            ffn.route_rows = None
-
-
 def train_linear(
     fed: FederatedRecommender,
     survivors: np.ndarray,
@@ -79,7 +65,7 @@ def train_linear(
     own, cfg, net, base = fed.ownership, fed.federation, fed.net, fed.base
     lr = cfg.local.lr
     params = dict(net.named_parameters())
-    private = [n for n in own.names(Owner.PRIVATE) if own[n].is_parameter]
+    private = own.private_parameters()
     model = base.model
     mrff = model.config if isinstance(model, MRFF) else None
     tensors = base.training_tensors()
@@ -90,15 +76,15 @@ def train_linear(
         counts = np.array([r.shape[0] for r in rows])
         owner = torch.from_numpy(np.repeat(np.arange(len(rows)), counts))  # row -> client
         newest = torch.from_numpy(np.cumsum(counts) - counts)  # client -> its newest row
-        batch = {k: v[torch.from_numpy(np.concatenate(rows))] for k, v in tensors.items()}
-        batch = trim_left_padding(batch)
-        seq = batch["seq"]
-        row_targets = ((seq[:, 1:] != PAD) & (seq[:, :-1] != PAD)).sum(1).double()  # (B,)
+        index = np.concatenate(rows)
+        batch = trim_left_padding({k: v[torch.from_numpy(index)] for k, v in tensors.items()})
+        row_targets = torch.from_numpy(fed.window_targets[index]).double()  # (B,)
         targets = torch.zeros(len(rows), dtype=torch.float64).index_add(0, owner, row_targets)
         weight = fed.client_weight(chunk, cfg.strategy.weighting)  # (C,)
         # Each client's mean loss, weighted: w_c / n_c on each of its targets.
         row_weight = (weight / targets.clamp(min=1.0))[owner].float()
-        with client_routes(net, newest[owner]), sparse_rows(net, private):
+        # Group tensors learn only from positions routed as their row's client is.
+        with group_ffn_mode(net, route_rows=newest[owner]), sparse_rows(net, private):
             out = base.batch_loss(batch, row_weight=row_weight)
         assert out.row_loss is not None
         loss = out.task

@@ -77,6 +77,10 @@ class Ownership(Mapping[str, TensorOwner]):
         """Names owned by any of ``owners``, in module order."""
         return [name for name, spec in self._owners.items() if spec.owner in owners]
 
+    def private_parameters(self) -> list[str]:
+        """Private names that train (parameters; private buffers such as features do not)."""
+        return [name for name in self.names(Owner.PRIVATE) if self._owners[name].is_parameter]
+
     def numel(self, *owners: Owner) -> int:
         """Number of scalars owned by any of ``owners``."""
         return sum(self._owners[name].numel for name in self.names(*owners))

@@ -128,6 +128,7 @@ class FederatedRecommender:
     # Per client (position in :attr:`clients`): its training windows and target count.
     client_rows: list[np.ndarray] = field(default_factory=list, repr=False)
     client_examples: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    window_targets: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)  # (N,)
     _net: ClientNet | None = field(default=None, repr=False)
     _ownership: Ownership | None = field(default=None, repr=False)
     _rng: np.random.Generator = field(default_factory=np.random.default_rng, repr=False)
@@ -160,8 +161,10 @@ class FederatedRecommender:
             self._clients = self._clients[: self.federation.max_clients]
         self.client_rows = [order[bounds[c] : bounds[c + 1]] for c in self._clients.tolist()]
         seq = self.base.training_tensors()["seq"]
-        targets = ((seq[:, 1:] != PAD) & (seq[:, :-1] != PAD)).sum(1).numpy()
-        self.client_examples = np.array([targets[rows].sum() for rows in self.client_rows])
+        self.window_targets = ((seq[:, 1:] != PAD) & (seq[:, :-1] != PAD)).sum(1).numpy()
+        self.client_examples = np.array(
+            [self.window_targets[rows].sum() for rows in self.client_rows]
+        )
         lengths = (seq != PAD).sum(1).numpy()
         self._newest_length = np.array([lengths[rows[0]] for rows in self.client_rows])
         self._rng = np.random.default_rng(self.federation.seed)
@@ -206,7 +209,8 @@ class FederatedRecommender:
 
     @property
     def rng(self) -> np.random.Generator:
-        """The server's generator: client sampling, dropouts and local mini-batches."""
+        """The server's generator: client sampling and dropouts (each client draws its
+        windows from its own stream, see :meth:`local_windows`)."""
         return self._rng
 
     @property

@@ -34,7 +34,9 @@ user's optimiser step touches only that user's row.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -168,6 +170,26 @@ class GroupFFN(nn.Module):
                     h = F.relu(flat[index] @ w1[k] + b1[k])  # (n_k, H)
                     out = out.index_add(0, index, self.dropout(h) @ w2[k] + b2[k])
         return out.reshape(z.shape)
+
+
+@contextlib.contextmanager
+def group_ffn_mode(net: nn.Module, **settings: object) -> Iterator[None]:
+    """Set attributes of every :class:`GroupFFN` in ``net`` meanwhile, then restore them.
+
+    ``dense=True``: the vmap-able dense form; ``route_rows``: learn only from positions
+    routed as their row's client is (the federated simulator's engines).
+    """
+    ffns = [m for m in net.modules() if isinstance(m, GroupFFN)]
+    saved = [{name: getattr(ffn, name) for name in settings} for ffn in ffns]
+    for ffn in ffns:
+        for name, value in settings.items():
+            setattr(ffn, name, value)
+    try:
+        yield
+    finally:
+        for ffn, values in zip(ffns, saved, strict=True):
+            for name, value in values.items():
+                setattr(ffn, name, value)
 
 
 class UserFFN(nn.Module):
