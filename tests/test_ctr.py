@@ -14,6 +14,7 @@ from fedllmrec.data.schema import RecDataset
 from fedllmrec.data.sequences import windows
 from fedllmrec.data.split import TEST, TRAIN, Split, leave_one_out
 from fedllmrec.models.ctr import ClickRecommender
+from fedllmrec.models.dropout import Dropout
 from fedllmrec.models.sequential import SequentialTrainConfig
 
 
@@ -74,14 +75,20 @@ def test_held_out_labels_never_reach_the_prediction(kuaisar_split: Split) -> Non
     assert not np.allclose(model.predict("test")[0], probs)
 
 
-@pytest.mark.parametrize("architecture", ["sasrec", "mrff"])
+@pytest.mark.parametrize(
+    ("architecture", "fast_dropout"), [("sasrec", False), ("mrff", False), ("mrff", True)]
+)
 def test_click_training_is_deterministic_and_learns(
-    kuaisar_split: Split, architecture: str
+    kuaisar_split: Split, architecture: str, fast_dropout: bool
 ) -> None:
     torch.set_num_threads(2)
     runs = []
     for _ in range(2):
-        model = _model(architecture).setup(kuaisar_split)
+        model = dataclasses.replace(_model(architecture), fast_dropout=fast_dropout)
+        model.setup(kuaisar_split)
+        assert model.model is not None
+        dropouts = [m for m in model.model.modules() if isinstance(m, Dropout)]
+        assert dropouts and all(m.fast == fast_dropout for m in dropouts)
         model._data, model._labels, model._users = (
             model._data[:1500],
             model._labels[:1500],

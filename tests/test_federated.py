@@ -344,17 +344,23 @@ def test_fedprox_pulls_local_models_towards_the_global_one(kuaisar_split: Split)
 def test_federated_training_resumes_exactly(
     ml100k_prepared: Prepared, tmp_path: Path, server_optimizer: str
 ) -> None:
-    """Resuming reaches the same metrics, FedAdam's server moments included."""
+    """Resuming reaches the same metrics, FedAdam's server moments included.
+
+    FedAdam runs as its recipes do: the linear engine, dropout masks from random bytes.
+    """
     strategy = StrategyConfig(server_optimizer=server_optimizer, server_lr=0.01)  # type: ignore[arg-type]
     if server_optimizer == "sgd":
         strategy = StrategyConfig()
+    fedadam = server_optimizer == "adam"
 
     def model() -> FederatedRecommender:
-        base = SequentialRecommender(architecture="mrff", dim=16, max_len=20, dropout=0.1)
-        local = LocalConfig(lr=0.01, optimizer="adam" if server_optimizer == "sgd" else "sgd")
-        return FederatedRecommender(
-            base, FederationConfig(max_clients=40, local=local, strategy=strategy)
+        base = SequentialRecommender(
+            architecture="mrff", dim=16, max_len=20, dropout=0.1, fast_dropout=fedadam
         )
+        local = LocalConfig(lr=0.01, optimizer="sgd" if fedadam else "adam")
+        engine = "linear" if fedadam else "vmap"
+        config = FederationConfig(max_clients=40, local=local, strategy=strategy, engine=engine)
+        return FederatedRecommender(base, config)
 
     evaluator = RankingEvaluator(ml100k_prepared)
     config = TrainerConfig(max_epochs=4, eval_every=2, patience=0, seed=3)

@@ -24,6 +24,7 @@ from fedllmrec.data.schema import RecDataset
 from fedllmrec.data.sequences import left_pad, windows
 from fedllmrec.data.split import ROLE_NAMES, TRAIN, Split
 from fedllmrec.eval.metrics import auc, log_loss
+from fedllmrec.models.dropout import Dropout
 from fedllmrec.models.gru4rec import GRU4Rec
 from fedllmrec.models.items import PAD, ItemSource
 from fedllmrec.models.mrff import MRFF, Routing
@@ -44,11 +45,11 @@ class ClickHead(nn.Module):
 
     OWNERS: ClassVar[dict[str, Owner]] = {"label_emb.weight": Owner.GLOBAL, "mlp.*": Owner.GLOBAL}
 
-    def __init__(self, dim: int, dropout: float) -> None:
+    def __init__(self, dim: int, dropout: float, fast_dropout: bool = False) -> None:
         super().__init__()
         self.label_emb = nn.Embedding(3, dim, padding_idx=PAD)
         self.mlp = nn.Sequential(
-            nn.Linear(3 * dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, 1)
+            nn.Linear(3 * dim, dim), nn.ReLU(), Dropout(dropout, fast_dropout), nn.Linear(dim, 1)
         )
 
     def forward(self, state: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
@@ -89,7 +90,7 @@ class ClickRecommender(SequentialRecommender):
         if self.architecture == "gru4rec":
             raise ValueError("click prediction supports the sasrec and mrff architectures")
         backbone = super()._build(split)
-        self.head = ClickHead(self.dim, self.dropout)
+        self.head = ClickHead(self.dim, self.dropout, self.fast_dropout)
         return backbone
 
     def _load_training_data(self, split: Split) -> None:
@@ -178,7 +179,7 @@ class ClickRecommender(SequentialRecommender):
             target = torch.from_numpy(ds.item[batch].astype(np.int64) + 1)  # (B,)
             states, _ = self._states(tokens["seq"], tokens["label"], torch.from_numpy(users))
             logits = self.head(states[:, -1], self.model.items(target))  # (B,)
-            probs[index] = torch.sigmoid(logits).numpy()
+            probs[index] = torch.sigmoid(logits).float().numpy()
         return probs, ds.label[targets].astype(np.float64)
 
     def evaluate(self, role: str) -> dict[str, float]:

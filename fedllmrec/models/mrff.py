@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedllmrec.models.dropout import Dropout
 from fedllmrec.models.items import ItemEmbedding, ItemEmbeddingConfig
 from fedllmrec.models.owners import Owner
 from fedllmrec.models.sasrec import CausalSelfAttention, ItemSequenceModel, SASRecConfig
@@ -132,7 +133,7 @@ class GroupFFN(nn.Module):
         self.b1 = nn.Parameter(torch.zeros(k, h))
         self.w2 = nn.Parameter(torch.randn(k, h, d) * 0.02)
         self.b2 = nn.Parameter(torch.zeros(k, d))
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout, config.fast_dropout)
 
     def forward(self, z: torch.Tensor, groups: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Output of group ``groups[b, t]`` at each real position: z (B, T, D) -> (B, T, D).
@@ -162,13 +163,17 @@ class GroupFFN(nn.Module):
                 (torch.where(own, routed, -1), weights),
                 (torch.where(own, -1, routed), frozen),
             ]
-        out = torch.zeros_like(flat)
+        indices, outputs = [], []
         for part, (w1, b1, w2, b2) in parts:
             for k in range(self.w1.shape[0]):
                 index = (part == k).nonzero().squeeze(1)
                 if index.numel():
                     h = F.relu(flat[index] @ w1[k] + b1[k])  # (n_k, H)
-                    out = out.index_add(0, index, self.dropout(h) @ w2[k] + b2[k])
+                    indices.append(index)
+                    outputs.append(self.dropout(h) @ w2[k] + b2[k])  # (n_k, D)
+        out = torch.zeros_like(flat)
+        if indices:  # the parts' positions are disjoint: one write, not one copy per group
+            out = out.index_copy(0, torch.cat(indices), torch.cat(outputs))
         return out.reshape(z.shape)
 
 
@@ -211,7 +216,7 @@ class UserFFN(nn.Module):
                 if name.startswith("w"):
                     self.rows.weight[:, offset : offset + size].normal_(std=0.02)
                 offset += size
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout, config.fast_dropout)
 
     def unpack(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-user weights of ``users`` (B,): w1 (B, D, H), b1 (B, H), w2 (B, H, D), b2 (B, D)."""
@@ -298,7 +303,7 @@ class MRFF(ItemSequenceModel):
             raise ValueError(f"gate must be 'weighted' or 'balance_only', not {config.gate!r}")
         self.config = config
         self.pos_emb = nn.Embedding(config.max_len, config.dim)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout, config.fast_dropout)
         self.blocks = nn.ModuleList(MRFFBlock(config, layer) for layer in range(config.n_layers))
         self.ln_out = nn.LayerNorm(config.dim)
         # Shared embeddings of the users' categorical features, looked up by user id.

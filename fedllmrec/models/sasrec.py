@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedllmrec.models.dropout import Dropout
 from fedllmrec.models.items import PAD, ItemEmbedding, ItemEmbeddingConfig
 from fedllmrec.models.owners import Owner
 
@@ -35,6 +36,7 @@ class SASRecConfig:
     n_heads: int = 2
     dropout: float = 0.2
     ffn_mult: int = 4
+    fast_dropout: bool = False  # masks from random bytes (:mod:`.dropout`)
 
 
 class CausalSelfAttention(nn.Module):
@@ -45,7 +47,7 @@ class CausalSelfAttention(nn.Module):
         self.n_heads = config.n_heads
         self.qkv = nn.Linear(config.dim, 3 * config.dim)
         self.proj = nn.Linear(config.dim, config.dim)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout, config.fast_dropout)
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape  # (B, T, D)
@@ -71,7 +73,7 @@ class FeedForward(nn.Module):
             nn.Linear(config.dim, config.ffn_mult * config.dim),
             nn.GELU(),
             nn.Linear(config.ffn_mult * config.dim, config.dim),
-            nn.Dropout(config.dropout),
+            Dropout(config.dropout, config.fast_dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +167,7 @@ class SASRec(ItemSequenceModel):
         super().__init__()
         self.config = config
         self.pos_emb = nn.Embedding(config.max_len, config.dim)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout, config.fast_dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_out = nn.LayerNorm(config.dim)
         self.apply(self._init)

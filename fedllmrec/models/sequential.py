@@ -88,6 +88,7 @@ class SequentialRecommender:
     n_heads: int = 2
     dropout: float = 0.2
     ffn_mult: int = 4  # feed-forward hidden width = ffn_mult * dim (MRFF's release: 1)
+    fast_dropout: bool = False  # SASRec/MRFF masks from random bytes (models/dropout.py)
     item_source: ItemSource = "id"
     item_features: Sequence[str] = ()
     # MRFF only
@@ -165,7 +166,7 @@ class SequentialRecommender:
         if self.architecture == "sasrec":
             config = SASRecConfig(
                 ds.n_items, self.max_len, self.dim, self.n_layers, self.n_heads, self.dropout,
-                self.ffn_mult,
+                self.ffn_mult, self.fast_dropout,
             )  # fmt: skip
             return SASRec(config, items)
         if self.architecture == "gru4rec":
@@ -179,8 +180,8 @@ class SequentialRecommender:
                 user_codes = torch.from_numpy(codes)
             mrff = MRFFConfig(
                 ds.n_items, self.max_len, self.dim, self.n_layers, self.n_heads, self.dropout,
-                self.ffn_mult, n_users=ds.n_users, n_groups=self.n_groups, gate=self.gate,
-                user_hidden=self.user_hidden, balance_alpha=self.balance_alpha,
+                self.ffn_mult, self.fast_dropout, n_users=ds.n_users, n_groups=self.n_groups,
+                gate=self.gate, user_hidden=self.user_hidden, balance_alpha=self.balance_alpha,
                 user_feature_cardinalities=cards,
             )  # fmt: skip
             return MRFF(mrff, items, user_codes)
