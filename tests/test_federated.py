@@ -69,7 +69,7 @@ def test_every_tensor_of_mrff_has_a_checked_owner(kuaisar_split: Split) -> None:
     for name in by_owner[Owner.GROUP]:
         assert ".group_ffn." in name and own[name].shape[0] == 4
         assert own[name].layer == int(name.split(".")[2])
-    assert by_owner[Owner.FROZEN] == ["model.items.features"]
+    assert by_owner[Owner.FROZEN] == ["model.items.feature_rows"]
     # Every parameter and buffer is claimed exactly once.
     net = fed.net
     assert net is not None

@@ -221,12 +221,12 @@ class UserFFN(nn.Module):
     def unpack(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-user weights of ``users`` (B,): w1 (B, D, H), b1 (B, H), w2 (B, H, D), b2 (B, D)."""
         flat = self.rows(users)  # (B, P)
-        out, offset = {}, 0
-        for name, shape in self.shapes.items():
-            size = math.prod(shape)
-            out[name] = flat[:, offset : offset + size].reshape(-1, *shape)
-            offset += size
-        return out
+        # One split, not four slices: each slice's backward writes a whole (B, P) gradient.
+        parts = flat.split([math.prod(shape) for shape in self.shapes.values()], dim=1)
+        return {
+            name: part.reshape(-1, *shape)
+            for (name, shape), part in zip(self.shapes.items(), parts, strict=True)
+        }
 
     def forward(self, z: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
         w = self.unpack(users)

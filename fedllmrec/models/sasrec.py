@@ -58,10 +58,12 @@ class CausalSelfAttention(nn.Module):
         v = v.view(b, t, h, d // h).transpose(1, 2)
         att = (q @ k.transpose(-2, -1)) / math.sqrt(d // h)  # (B, H, T, T)
         causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        allowed = causal[None, None] & pad_mask[:, None, None, :]  # keys must be real items
-        att = att.masked_fill(~allowed, float("-inf"))
-        # A padded query row sees no key; zero it instead of producing NaN.
-        att = torch.nan_to_num(F.softmax(att, dim=-1), nan=0.0)
+        # Keys must be real items. A padded query sees itself only, so no row is empty (no
+        # NaN to repair); its output is garbage that every block masks out, and no real
+        # position attends to it.
+        itself = torch.eye(t, dtype=torch.bool, device=x.device)
+        allowed = (causal[None, None] & pad_mask[:, None, None, :]) | itself  # (B, 1, T, T)
+        att = F.softmax(att.masked_fill(~allowed, float("-inf")), dim=-1)
         y = self.dropout(att) @ v  # (B, H, T, Dh)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
