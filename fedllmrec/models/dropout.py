@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 LEVELS = 1 << 16  # drop probability resolution: p is rounded to a multiple of 1 / 65536
 
@@ -47,10 +46,9 @@ class Dropout(nn.Dropout):
         self.fast = fast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.fast and self.training and x.device.type == "cpu"):
+        fast = self.fast and self.training and x.device.type == "cpu"
+        if not fast or torch._C._are_functorch_transforms_active():
             return super().forward(x)
-        if torch._C._are_functorch_transforms_active():
-            return F.dropout(x, self.p, training=True)
         return x * keep_mask(x.shape, self.p, x.dtype) if self.p > 0.0 else x
 
     def extra_repr(self) -> str:
