@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,19 +36,34 @@ if TYPE_CHECKING:
 
 
 @contextlib.contextmanager
-def sparse_rows(net: nn.Module, names: list[str]) -> Iterator[None]:
-    """Private tables (``names``: their weights) get sparse gradients meanwhile: a chunk
-    touches only its clients' rows, and a dense gradient of every user's row would cost
-    more than the chunk's arithmetic."""
-    tables = [net.get_submodule(name.rsplit(".", 1)[0]) for name in names]
-    embeddings = [t for t in tables if isinstance(t, nn.Embedding)]
-    for table in embeddings:
-        table.sparse = True
+def chunk_rows(
+    net: nn.Module, names: list[str], users: torch.Tensor
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Private tensors ``names`` (axis 0 = user) replaced meanwhile by their rows ``users`` (C,).
+
+    A batch then addresses its clients' rows by position in ``users``. The rows of a
+    trainable table are a leaf, so its gradient is just the chunk's (C, ...) rows: no
+    gradient (sparse or dense) of every user's row. Yields the rows by name; the tables
+    are put back on exit.
+    """
+    saved, chunk = [], {}
+    for name in names:
+        module_name, _, attr = name.rpartition(".")
+        module = net.get_submodule(module_name)
+        # As torch.func.functional_call swaps tensors: in the module's own dictionaries.
+        store: dict[str, Any] = module._buffers
+        if attr in module._parameters:
+            store = module._parameters
+        table = store[attr]
+        assert table is not None
+        rows = table.detach()[users]
+        store[attr] = chunk[name] = rows.requires_grad_() if table.requires_grad else rows
+        saved.append((store, attr, table))
     try:
-        yield
+        yield chunk
     finally:
-        for table in embeddings:
-            table.sparse = False  # as ClientNet keeps them (functional gradients are dense)
+        for store, attr, table in saved:
+            store[attr] = table
 
 
 def train_linear(
@@ -83,8 +98,14 @@ def train_linear(
         weight = fed.client_weight(chunk, cfg.strategy.weighting)  # (C,)
         # Each client's mean loss, weighted: w_c / n_c on each of its targets.
         row_weight = (weight / targets.clamp(min=1.0))[owner].float()
+        users = torch.from_numpy(fed.clients[chunk])  # (C,)
+        if own.names(Owner.PRIVATE):
+            batch["user"] = owner  # user clients: row -> its client's position in ``users``
         # Group tensors learn only from positions routed as their row's client is.
-        with group_ffn_mode(net, route_rows=newest[owner]), sparse_rows(net, private):
+        with (
+            group_ffn_mode(net, route_rows=newest[owner]),
+            chunk_rows(net, own.names(Owner.PRIVATE), users) as chunk_private,
+        ):
             out = base.batch_loss(batch, row_weight=row_weight)
         assert out.row_loss is not None
         loss = out.task
@@ -98,7 +119,7 @@ def train_linear(
                     newest_routing, mrff.n_groups, mrff.balance_alpha, fed.load, weight.float()
                 )
         loss.backward()
-        _private_step(params, private, torch.from_numpy(fed.clients[chunk]), weight, lr)
+        _private_step(params, {name: chunk_private[name] for name in private}, users, weight, lr)
         client_sum = torch.zeros(len(rows), dtype=torch.float64).index_add(
             0, owner, out.row_loss.double()
         )
@@ -128,26 +149,19 @@ def train_linear(
 @torch.no_grad()
 def _private_step(
     params: dict[str, nn.Parameter],
-    names: list[str],
+    rows_of: dict[str, torch.Tensor],
     users: torch.Tensor,
     weight: torch.Tensor,
     lr: float,
 ) -> None:
-    """Each client's own SGD step on its private rows, its weight divided out; clears them.
+    """Each client's own SGD step on its private rows, its weight divided out.
 
-    Chunks hold disjoint clients, so a chunk's rows are final once its backward is done.
+    ``rows_of`` maps each private table to the chunk's rows (C, ...) that trained, whose
+    gradient row c is client c's gradient times its weight. Chunks hold disjoint clients,
+    so a chunk's rows are final once its backward is done.
     """
-    for name in names:
-        param, grad = params[name], params[name].grad
-        if grad is None:
-            continue
-        user_weight = torch.zeros(param.shape[0], dtype=torch.float64)
-        user_weight[users] = weight
-        if grad.is_sparse:
-            grad = grad.coalesce()
-            touched, values = grad.indices()[0], grad.values()
-        else:
-            touched, values = users, grad[users]
-        scale = (lr / user_weight[touched]).to(values.dtype)
-        param.index_add_(0, touched, -scale.reshape(-1, *[1] * (values.dim() - 1)) * values)
-        param.grad = None
+    scale = (lr / weight).float()  # (C,)
+    for name, rows in rows_of.items():
+        if rows.grad is not None:
+            step = rows.grad * scale.reshape(-1, *[1] * (rows.dim() - 1))
+            params[name].index_add_(0, users, -step)

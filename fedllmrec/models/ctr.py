@@ -107,11 +107,15 @@ class ClickRecommender(SequentialRecommender):
         return {"model": self.model, "head": self.head}
 
     def _states(
-        self, items: torch.Tensor, labels: torch.Tensor, users: torch.Tensor
+        self,
+        items: torch.Tensor,
+        labels: torch.Tensor,
+        users: torch.Tensor,
+        vectors: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Routing | None]:
         """States (B, T, D) after exposures ``items`` with click tokens ``labels`` (B, T)."""
         assert self.head is not None
-        return self._encode(items, users, self.head.label_emb(labels))
+        return self._encode(items, users, self.head.label_emb(labels), vectors)
 
     def training_tensors(self) -> dict[str, torch.Tensor]:
         """Training windows: exposures ``seq``, click tokens ``label`` (N, T + 1), ``user`` (N,)."""
@@ -130,8 +134,9 @@ class ClickRecommender(SequentialRecommender):
         """All-position BCE of the next exposure's click (see the base class for the options)."""
         assert self.model is not None and self.head is not None
         items, marks = batch["seq"], batch["label"]  # (B, T + 1)
-        states, routing = self._states(items[:, :-1], marks[:, :-1], batch["user"])
-        logits = self.head(states, self.model.items(items[:, 1:]))  # (B, T)
+        vectors = self.model.items(items)  # (B, T + 1, D): one lookup for inputs and targets
+        states, routing = self._states(items[:, :-1], marks[:, :-1], batch["user"], vectors[:, :-1])
+        logits = self.head(states, vectors[:, 1:])  # (B, T)
         mask = (items[:, 1:] != PAD) & (items[:, :-1] != PAD)
         target = (marks[:, 1:] == CLICK).to(logits.dtype)
         if row_weight is not None:

@@ -31,7 +31,12 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
         keep = np.unpackbits(np.frombuffer(rng.bytes((count + 7) // 8), np.uint8), count=count)
     else:
         keep = np.frombuffer(rng.bytes(2 * count), np.uint16) >= drop
-    return torch.from_numpy(keep).view(shape).to(dtype) * (LEVELS / (LEVELS - drop))
+    scale = LEVELS / (LEVELS - drop)
+    if dtype == torch.float32:
+        # keep (0 or 1) times the scale's bit pattern is the mask's bit pattern: one pass.
+        bits = np.multiply(keep, np.float32(scale).view(np.uint32), dtype=np.uint32)
+        return torch.from_numpy(bits.view(np.float32)).view(shape)
+    return torch.from_numpy(keep).view(shape).to(dtype) * scale
 
 
 class Dropout(nn.Dropout):

@@ -47,7 +47,12 @@ from torch.nn import functional as F
 from fedllmrec.models.dropout import Dropout
 from fedllmrec.models.items import ItemEmbedding, ItemEmbeddingConfig
 from fedllmrec.models.owners import Owner
-from fedllmrec.models.sasrec import CausalSelfAttention, ItemSequenceModel, SASRecConfig
+from fedllmrec.models.sasrec import (
+    CausalSelfAttention,
+    ItemSequenceModel,
+    SASRecConfig,
+    attention_bias,
+)
 
 GateMode = Literal["weighted", "balance_only"]
 
@@ -151,29 +156,32 @@ class GroupFFN(nn.Module):
             h = h * (keep[:, :, None] * chosen[..., None])
             return torch.einsum("btkh,khd->btd", h, self.w2) + chosen @ self.b2
         flat = z.reshape(-1, z.shape[-1])  # (N, D)
-        routed = torch.where(mask.reshape(-1), groups.reshape(-1), -1)  # (N,)
-        weights: tuple[torch.Tensor, ...] = (self.w1, self.b1, self.w2, self.b2)
-        if self.route_rows is None:
-            parts = [(routed, weights)]
-        else:
+        k = self.w1.shape[0]
+        # Part of each position: its group (0..K-1); with route_rows, K..2K-1 for positions
+        # routed unlike their client (frozen weights there); 2K for padding (skipped).
+        part = torch.where(mask.reshape(-1), groups.reshape(-1), 2 * k)  # (N,)
+        if self.route_rows is not None:
             client_group = groups[self.route_rows, -1]  # (B,)
             own = (groups == client_group[:, None]).reshape(-1)  # (N,)
-            frozen = tuple(w.detach() for w in weights)
-            parts = [
-                (torch.where(own, routed, -1), weights),
-                (torch.where(own, -1, routed), frozen),
-            ]
-        indices, outputs = [], []
-        for part, (w1, b1, w2, b2) in parts:
-            for k in range(self.w1.shape[0]):
-                index = (part == k).nonzero().squeeze(1)
-                if index.numel():
-                    h = F.relu(flat[index] @ w1[k] + b1[k])  # (n_k, H)
-                    indices.append(index)
-                    outputs.append(self.dropout(h) @ w2[k] + b2[k])  # (n_k, D)
+            part = torch.where(own | (part == 2 * k), part, part + k)
+        # Positions sorted by part (stable: each part keeps position order): one gather,
+        # contiguous slices per part, one scatter back, whatever K is.
+        order = torch.argsort(part, stable=True)
+        sizes = torch.bincount(part, minlength=2 * k + 1).tolist()
+        real = order[: sum(sizes[: 2 * k])]
+        slices = flat.index_select(0, real).split(sizes[: 2 * k])
+        weights = (self.w1, self.b1, self.w2, self.b2)
+        frozen = tuple(w.detach() for w in weights)
+        outputs = []
+        for index, x in enumerate(slices):
+            if x.shape[0]:
+                w1, b1, w2, b2 = weights if index < k else frozen
+                g = index % k
+                h = F.relu(torch.addmm(b1[g], x, w1[g]))  # (n_g, H)
+                outputs.append(torch.addmm(b2[g], self.dropout(h), w2[g]))  # (n_g, D)
         out = torch.zeros_like(flat)
-        if indices:  # the parts' positions are disjoint: one write, not one copy per group
-            out = out.index_copy(0, torch.cat(indices), torch.cat(outputs))
+        if outputs:
+            out = out.index_copy(0, real, torch.cat(outputs))
         return out.reshape(z.shape)
 
 
@@ -255,15 +263,27 @@ class MRFFBlock(nn.Module):
         self.user_ffn = UserFFN(config)
 
     def forward(
-        self, x: torch.Tensor, pad_mask: torch.Tensor, user_vec: torch.Tensor, users: torch.Tensor
+        self,
+        x: torch.Tensor,
+        pad_mask: torch.Tensor,
+        bias: torch.Tensor,
+        user_vec: torch.Tensor,
+        users: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, T, D) -> (next x (B, T, D), groups (B, T), gate probabilities (B, T))."""
-        x = x + self.att(self.ln_att(x), pad_mask)
+        """x (B, T, D) -> (next x (B, T, D), groups (B, T), gate probabilities (B, T)).
+
+        ``bias`` (B, 1, T, T) is the attention mask of ``pad_mask`` (B, T), see
+        :func:`~fedllmrec.models.sasrec.attention_bias`.
+        """
+        x = x + self.att(self.ln_att(x), bias)
         z = self.ln_ffn(x)  # (B, T, D)
         m = pad_mask[..., None].to(z.dtype)  # (B, T, 1)
         prefix_mean = (z * m).cumsum(1) / m.cumsum(1).clamp(min=1.0)  # (B, T, D)
-        gate_in = torch.cat([prefix_mean, user_vec[:, None].expand_as(z)], dim=-1)
-        probs, groups = F.softmax(self.gate(gate_in), dim=-1).max(dim=-1)  # (B, T)
+        # gate([prefix_mean ; e_u]) without the (B, T, 2D) concatenation: e_u's half once per user.
+        d = z.shape[-1]
+        user_logits = F.linear(user_vec, self.gate.weight[:, d:], self.gate.bias)  # (B, K)
+        logits = F.linear(prefix_mean, self.gate.weight[:, :d]) + user_logits[:, None]
+        probs, groups = F.softmax(logits, dim=-1).max(dim=-1)  # (B, T)
         group_out = self.group_ffn(z, groups, pad_mask)
         if self.config.gate == "weighted":
             group_out = group_out * probs[..., None]
@@ -328,14 +348,20 @@ class MRFF(ItemSequenceModel):
         return vec
 
     def forward(
-        self, seq: torch.Tensor, users: torch.Tensor, extra: torch.Tensor | None = None
+        self,
+        seq: torch.Tensor,
+        users: torch.Tensor,
+        extra: torch.Tensor | None = None,
+        vectors: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Routing]:
-        """States (B, T, D) and routing; ``extra`` (B, T, D) is added to the inputs."""
-        x, pad_mask = self.embed(seq, extra)
+        """States (B, T, D) and routing; ``extra`` (B, T, D) is added to the inputs, and
+        ``vectors`` are the items' vectors if already looked up (see ``embed``)."""
+        x, pad_mask = self.embed(seq, extra, vectors)
         user_vec = self.user_vector(users)  # (B, D)
+        bias = attention_bias(pad_mask)
         groups, probs = [], []
         for block in self.blocks:
-            x, g, p = block(x, pad_mask, user_vec, users)
+            x, g, p = block(x, pad_mask, bias, user_vec, users)
             groups.append(g[:, -1])  # left padding: the last position is the newest item
             probs.append(p[:, -1])
         return self.ln_out(x), Routing(torch.stack(groups), torch.stack(probs))

@@ -39,6 +39,21 @@ class SASRecConfig:
     fast_dropout: bool = False  # masks from random bytes (:mod:`.dropout`)
 
 
+def attention_bias(pad_mask: torch.Tensor) -> torch.Tensor:
+    """Additive causal mask (B, 1, T, T) of left-padded sequences with mask ``pad_mask`` (B, T).
+
+    Query t sees real keys s <= t (0), nothing else (-inf). A padded query sees itself
+    only, so no row is empty (no NaN to repair); its output is garbage that every block
+    masks out, and no real position attends to it. Built once per forward, for all blocks.
+    """
+    t = pad_mask.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=pad_mask.device).tril()
+    itself = torch.eye(t, dtype=torch.bool, device=pad_mask.device)
+    allowed = (causal[None, None] & pad_mask[:, None, None, :]) | itself  # (B, 1, T, T)
+    zeros = torch.zeros(allowed.shape, device=pad_mask.device)
+    return zeros.masked_fill(~allowed, float("-inf"))
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__()
@@ -49,23 +64,19 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.dim, config.dim)
         self.dropout = Dropout(config.dropout, config.fast_dropout)
 
-    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x (B, T, D) -> (B, T, D); keys masked by ``bias`` (B, 1, T, T), see attention_bias."""
         b, t, d = x.shape  # (B, T, D)
-        q, k, v = self.qkv(x).split(d, dim=2)
         h = self.n_heads
-        q = q.view(b, t, h, d // h).transpose(1, 2)  # (B, H, T, Dh)
-        k = k.view(b, t, h, d // h).transpose(1, 2)
-        v = v.view(b, t, h, d // h).transpose(1, 2)
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // h)  # (B, H, T, T)
-        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        # Keys must be real items. A padded query sees itself only, so no row is empty (no
-        # NaN to repair); its output is garbage that every block masks out, and no real
-        # position attends to it.
-        itself = torch.eye(t, dtype=torch.bool, device=x.device)
-        allowed = (causal[None, None] & pad_mask[:, None, None, :]) | itself  # (B, 1, T, T)
-        att = F.softmax(att.masked_fill(~allowed, float("-inf")), dim=-1)
-        y = self.dropout(att) @ v  # (B, H, T, Dh)
-        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q = q.view(b, t, h, d // h).transpose(1, 2).reshape(b * h, t, d // h)  # (B * H, T, Dh)
+        k = k.view(b, t, h, d // h).transpose(1, 2).reshape(b * h, t, d // h)
+        v = v.view(b, t, h, d // h).transpose(1, 2).reshape(b * h, t, d // h)
+        bias = bias.to(q.dtype).expand(b, h, t, t).reshape(b * h, t, t)
+        # One fused pass for scale, product and mask: the (T, T) scores are the largest tensor.
+        att = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=1 / math.sqrt(d // h))
+        y = self.dropout(F.softmax(att, dim=-1)) @ v  # (B * H, T, Dh)
+        return self.proj(y.view(b, h, t, d // h).transpose(1, 2).reshape(b, t, d))
 
 
 class FeedForward(nn.Module):
@@ -92,8 +103,8 @@ class Block(nn.Module):
         self.ln_ffn = nn.LayerNorm(config.dim)
         self.ffn = FeedForward(config)
 
-    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.att(self.ln_att(x), pad_mask)
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.att(self.ln_att(x), bias)
         x = x + self.ffn(self.ln_ffn(x))
         return x * pad_mask[..., None]
 
@@ -130,19 +141,24 @@ class ItemSequenceModel(nn.Module):
             nn.init.zeros_(module.bias)
 
     def embed(
-        self, seq: torch.Tensor, extra: torch.Tensor | None = None
+        self,
+        seq: torch.Tensor,
+        extra: torch.Tensor | None = None,
+        vectors: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scaled item vectors plus positions (B, T, D), zero at padding, and the mask (B, T).
 
         Positions count back from the newest item, which is always ``max_len - 1``, so a
         left-padded batch gives the same states with its all-padding columns cut off.
+        ``vectors`` (B, T, D) are ``self.items(seq)`` when the caller has looked them up.
         """
         t, max_len = seq.shape[1], self.config.max_len  # (B, T)
         if t > max_len:
             raise ValueError(f"sequence length {t} exceeds max_len {max_len}")
         pad_mask = seq != PAD  # (B, T)
         pos = torch.arange(max_len - t, max_len, device=seq.device)
-        x = self.items(seq) * math.sqrt(self.config.dim) + self.pos_emb(pos)[None]
+        vectors = self.items(seq) if vectors is None else vectors
+        x = vectors * math.sqrt(self.config.dim) + self.pos_emb(pos)[None]
         if extra is not None:
             x = x + extra
         return self.dropout(x) * pad_mask[..., None], pad_mask
@@ -175,12 +191,19 @@ class SASRec(ItemSequenceModel):
         self.apply(self._init)
         self.items = items or ItemEmbedding(ItemEmbeddingConfig(config.n_items, config.dim))
 
-    def forward(self, seq: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        seq: torch.Tensor,
+        extra: torch.Tensor | None = None,
+        vectors: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """States (B, T, D) for item sequences ``seq`` (B, T); position t sees items <= t.
 
-        ``extra`` (B, T, D) is added to the input embeddings (e.g. past click labels).
+        ``extra`` (B, T, D) is added to the input embeddings (e.g. past click labels);
+        ``vectors`` are the items' vectors if already looked up (see :meth:`embed`).
         """
-        x, pad_mask = self.embed(seq, extra)
+        x, pad_mask = self.embed(seq, extra, vectors)
+        bias = attention_bias(pad_mask)
         for block in self.blocks:
-            x = block(x, pad_mask)
+            x = block(x, pad_mask, bias)
         return self.ln_out(x)  # (B, T, D)

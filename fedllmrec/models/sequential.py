@@ -188,15 +188,19 @@ class SequentialRecommender:
         raise ValueError(f"unknown architecture {self.architecture!r}")
 
     def _encode(
-        self, seqs: torch.Tensor, users: torch.Tensor, extra: torch.Tensor | None = None
+        self,
+        seqs: torch.Tensor,
+        users: torch.Tensor,
+        extra: torch.Tensor | None = None,
+        vectors: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Routing | None]:
-        """States (B, T, D) and, for MRFF, each sequence's routing."""
+        """States (B, T, D) and, for MRFF, each sequence's routing (``vectors``: see embed)."""
         assert self.model is not None
         if isinstance(self.model, MRFF):
-            return self.model(seqs, users, extra)
+            return self.model(seqs, users, extra, vectors)
         if isinstance(self.model, SASRec):
-            return self.model(seqs, extra), None
-        if extra is not None:
+            return self.model(seqs, extra, vectors), None
+        if extra is not None or vectors is not None:
             raise ValueError(f"{self.architecture} takes no extra inputs")
         return self.model(seqs), None
 
