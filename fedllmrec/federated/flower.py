@@ -375,7 +375,7 @@ def train(msg: Message, context: Context) -> Message:
         round_ = msg.content.config_records["run"]["round"]
         if not isinstance(round_, int):
             raise FedLLMRecError(f"train message: round must be an integer, not {round_!r}")
-        for chunk in fed.chunks(np.sort(positions)):
+        for chunk in fed.chunks(np.sort(positions), round_):
             result = fed.train_chunk(chunk, server, round_)
             for i, pos in enumerate(chunk.tolist()):
                 user = int(fed.clients[pos])
@@ -527,7 +527,7 @@ def _run_round(
         raise FedLLMRecError(f"round {server_round}: no client upload arrived")
     # The simulator's client order (its chunks), so float sums run in the same order.
     done = np.array(sorted(uploads), dtype=np.int64)
-    order = [pos for chunk in fed.chunks(done) for pos in chunk.tolist()]
+    order = [pos for chunk in fed.chunks(done, server_round) for pos in chunk.tolist()]
     ordered = [uploads[pos] for pos in order]
     stacked = stack_uploads(ordered, own)
     new, _ = aggregate_round(server, stacked, own, strategy, fed.server_optimizer)

@@ -56,7 +56,7 @@ def chunk_rows(
             store = module._parameters
         table = store[attr]
         assert table is not None
-        rows = table.detach()[users]
+        rows = table.detach().index_select(0, users)
         store[attr] = chunk[name] = rows.requires_grad_() if table.requires_grad else rows
         saved.append((store, attr, table))
     try:
@@ -86,7 +86,7 @@ def train_linear(
     tensors = base.training_tensors()
     net.zero_grad(set_to_none=True)
     done_parts, routing_parts, loss_parts, weight_parts = [], [], [], []
-    for chunk in fed.chunks(survivors):
+    for chunk in fed.chunks(survivors, round_):
         (rows,) = fed.local_windows(chunk, round_)  # one step: one list of windows
         counts = np.array([r.shape[0] for r in rows])
         owner = torch.from_numpy(np.repeat(np.arange(len(rows)), counts))  # row -> client
@@ -160,8 +160,8 @@ def _private_step(
     gradient row c is client c's gradient times its weight. Chunks hold disjoint clients,
     so a chunk's rows are final once its backward is done.
     """
-    scale = (lr / weight).float()  # (C,)
+    scale = (-lr / weight).float()  # (C,) the sign folded in: one pass less over the rows
     for name, rows in rows_of.items():
         if rows.grad is not None:
             step = rows.grad * scale.reshape(-1, *[1] * (rows.dim() - 1))
-            params[name].index_add_(0, users, -step)
+            params[name].index_add_(0, users, step)

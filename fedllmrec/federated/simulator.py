@@ -72,7 +72,10 @@ class FederationConfig:
     balance_load : bool
         MRFF: the balance loss uses the previous round's routing shares (none in round 0).
     chunk_windows : int
-        Upper bound on padded windows per batched chunk (bounds memory).
+        Upper bound on padded windows per batched chunk (bounds memory). The ``linear``
+        engine counts positions instead: as many short windows as fit in the positions of
+        ``chunk_windows`` full ones (its memory does not grow with clients; the
+        per-client engines hold a copy of the shared tensors for every client of a chunk).
     max_clients : int
         Use only the first ``max_clients`` clients by user id (0: all); for
         small experiments and tests. Evaluation still covers every user.
@@ -134,6 +137,8 @@ class FederatedRecommender:
     _rng: np.random.Generator = field(default_factory=np.random.default_rng, repr=False)
     _clients: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     _newest_length: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    _window_length: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    _window_count: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     # ------------------------------------------------------------------ setup
 
@@ -165,8 +170,9 @@ class FederatedRecommender:
         self.client_examples = np.array(
             [self.window_targets[rows].sum() for rows in self.client_rows]
         )
-        lengths = (seq != PAD).sum(1).numpy()
+        self._window_length = lengths = (seq != PAD).sum(1).numpy()
         self._newest_length = np.array([lengths[rows[0]] for rows in self.client_rows])
+        self._window_count = np.array([rows.shape[0] for rows in self.client_rows])
         self._rng = np.random.default_rng(self.federation.seed)
         self.load = torch.zeros(self._routing_shape())  # round 0: no balance loss
         self.server_optimizer = ServerOptimizer(self.federation.strategy)
@@ -291,7 +297,7 @@ class FederatedRecommender:
         """
         weighting = self.federation.strategy.weighting
         done_parts, routing_parts, loss_parts = [], [], []
-        for chunk in self.chunks(survivors):
+        for chunk in self.chunks(survivors, round_):
             result = self.train_chunk(chunk, server, round_)
             if accumulator is None:
                 kept.append(result)
@@ -365,21 +371,35 @@ class FederatedRecommender:
             "vmap" if cfg.engine == "linear" else cfg.engine,
         )
 
-    def chunks(self, positions: np.ndarray) -> Iterator[np.ndarray]:
-        """Clients grouped by windows per step, then newest window's length, so a chunk
-        holds little padding (its all-padding columns are cut, see :meth:`train_chunk`)."""
+    def chunks(self, positions: np.ndarray, round_: int | None = None) -> Iterator[np.ndarray]:
+        """Clients grouped by windows per step, then window length, so a chunk holds little
+        padding (its all-padding columns are cut, see :meth:`train_chunk`).
+
+        The length is that of the longest window the client trains in round ``round_``
+        (its draws, see :meth:`local_windows`), or of its newest window.
+        """
         counts = np.array([self.client_rows[p].shape[0] for p in positions.tolist()])
-        if self.federation.local.batch_size:
-            counts = np.minimum(counts, self.federation.local.batch_size)
-        order = np.lexsort((self._newest_length[positions], counts))
-        ordered, counts = positions[order], counts[order]
+        size = self.federation.local.batch_size
+        lengths = self._newest_length[positions]
+        if size:
+            counts = np.minimum(counts, size)
+            if round_ is not None and (counts < self._window_count[positions]).any():
+                steps = self.local_windows(positions, round_)
+                drawn = [np.concatenate(rows) for rows in zip(*steps, strict=True)]
+                lengths = np.array([self._window_length[rows].max() for rows in drawn])
+        order = np.lexsort((lengths, counts))
+        ordered, counts, lengths = positions[order], counts[order], lengths[order]
+        full = self._window_length.max(initial=1)
+        if self.federation.engine != "linear":
+            lengths = np.full_like(lengths, full)  # a chunk's cost: its windows
+        budget = self.federation.chunk_windows * full
         start = 0
         while start < ordered.shape[0]:
-            end = start + 1
-            while (
-                end < ordered.shape[0]
-                and (end - start + 1) * counts[end] <= self.federation.chunk_windows
-            ):
+            end, widest, most = start + 1, lengths[start], counts[start]
+            while end < ordered.shape[0]:
+                widest, most = max(widest, lengths[end]), max(most, counts[end])
+                if (end - start + 1) * most * widest > budget:  # padded positions
+                    break
                 end += 1
             yield ordered[start:end]
             start = end

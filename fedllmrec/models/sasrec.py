@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -54,6 +54,33 @@ def attention_bias(pad_mask: torch.Tensor) -> torch.Tensor:
     return zeros.masked_fill(~allowed, float("-inf"))
 
 
+class _Scores(torch.autograd.Function):
+    """``alpha * q @ k^T + bias`` (B, T, T) of q, k (B, T, Dh), with k's gradient contiguous.
+
+    Autograd's own backward leaves k's gradient transposed (the gradient of ``k^T``), and
+    concatenating it with q's and v's for the ``qkv`` projection is then a slow strided copy.
+    """
+
+    generate_vmap_rule = True  # plain tensor ops only: torch.func derives the batching
+
+    @staticmethod
+    def forward(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, alpha: float) -> torch.Tensor:
+        return torch.baddbmm(bias, q, k.transpose(-2, -1), alpha=alpha)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        q, k, _, alpha = inputs
+        ctx.save_for_backward(q, k)
+        ctx.alpha = alpha
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k = ctx.saved_tensors
+        grad_q = (grad @ k).mul_(ctx.alpha)  # (B, T, Dh)
+        grad_k = (grad.transpose(-2, -1) @ q).mul_(ctx.alpha)  # (B, T, Dh), contiguous
+        return grad_q, grad_k, None, None
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__()
@@ -74,7 +101,7 @@ class CausalSelfAttention(nn.Module):
         v = v.view(b, t, h, d // h).transpose(1, 2).reshape(b * h, t, d // h)
         bias = bias.to(q.dtype).expand(b, h, t, t).reshape(b * h, t, t)
         # One fused pass for scale, product and mask: the (T, T) scores are the largest tensor.
-        att = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=1 / math.sqrt(d // h))
+        att = _Scores.apply(q, k, bias, 1 / math.sqrt(d // h))
         y = self.dropout(F.softmax(att, dim=-1)) @ v  # (B * H, T, Dh)
         return self.proj(y.view(b, h, t, d // h).transpose(1, 2).reshape(b, t, d))
 
