@@ -28,7 +28,7 @@ from torch import nn
 
 from fedllmrec.federated.ownership import SHARED, Owner
 from fedllmrec.federated.server import MeanAccumulator
-from fedllmrec.models.mrff import MRFF, Routing, balance_loss, group_ffn_mode
+from fedllmrec.models.mrff import MRFF, Routing, UserRows, balance_loss, group_ffn_mode
 from fedllmrec.models.sasrec import trim_left_padding
 
 if TYPE_CHECKING:
@@ -66,6 +66,19 @@ def chunk_rows(
             store[attr] = table
 
 
+@contextlib.contextmanager
+def aligned_rows(net: nn.Module, aligned: bool) -> Iterator[None]:
+    """Every :class:`UserRows` table of ``net`` aligned with the batch's rows meanwhile."""
+    tables = [m for m in net.modules() if isinstance(m, UserRows)] if aligned else []
+    for table in tables:
+        table.aligned = True
+    try:
+        yield
+    finally:
+        for table in tables:
+            table.aligned = False
+
+
 def train_linear(
     fed: FederatedRecommender,
     survivors: np.ndarray,
@@ -101,10 +114,13 @@ def train_linear(
         users = torch.from_numpy(fed.clients[chunk])  # (C,)
         if own.names(Owner.PRIVATE):
             batch["user"] = owner  # user clients: row -> its client's position in ``users``
+        # One window per client: the chunk's rows are the batch's, in batch order.
+        aligned = len(index) == len(chunk)
         # Group tensors learn only from positions routed as their row's client is.
         with (
             group_ffn_mode(net, route_rows=newest[owner]),
             chunk_rows(net, own.names(Owner.PRIVATE), users) as chunk_private,
+            aligned_rows(net, aligned),
         ):
             out = base.batch_loss(batch, row_weight=row_weight)
         assert out.row_loss is not None

@@ -205,6 +205,24 @@ def group_ffn_mode(net: nn.Module, **settings: object) -> Iterator[None]:
                 setattr(ffn, name, value)
 
 
+class UserRows(nn.Embedding):
+    """A private table: one row per user, looked up by user id.
+
+    ``aligned`` (set meanwhile by the federated ``linear`` engine, whose chunk puts the
+    batch's own rows in the table, one per batch row and in batch order): a lookup is the
+    table itself, not a gather whose backward fills and scatters a gradient as large.
+    """
+
+    aligned = False
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        if self.aligned:
+            if self.weight.shape[0] != users.shape[0]:
+                raise ValueError("an aligned table holds exactly one row per batch row")
+            return self.weight
+        return super().forward(users)
+
+
 class UserFFN(nn.Module):
     """One private FFN per user, each user's weights packed into one row of a sparse table."""
 
@@ -215,7 +233,7 @@ class UserFFN(nn.Module):
         d, h = config.dim, config.user_hidden
         self.shapes = {"w1": (d, h), "b1": (h,), "w2": (h, d), "b2": (d,)}
         width = sum(math.prod(s) for s in self.shapes.values())
-        self.rows = nn.Embedding(config.n_users, width, sparse=True)
+        self.rows = UserRows(config.n_users, width, sparse=True)
         with torch.no_grad():
             self.rows.weight.zero_()
             offset = 0
@@ -331,7 +349,7 @@ class MRFF(ItemSequenceModel):
             nn.Embedding(c, config.dim) for c in config.user_feature_cardinalities
         )
         self.apply(self._init)
-        self.user_emb = nn.Embedding(config.n_users, config.dim, sparse=True)  # private
+        self.user_emb = UserRows(config.n_users, config.dim, sparse=True)  # private
         nn.init.normal_(self.user_emb.weight, std=0.02)
         if config.user_feature_cardinalities:
             shape = (config.n_users, len(config.user_feature_cardinalities))
