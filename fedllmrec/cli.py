@@ -219,8 +219,10 @@ def train(
     """Train a recipe, select on validation, score test; resumes a run found in --out."""
     from rich.table import Table
 
+    from fedllmrec.runtime import keep_freed_memory
     from fedllmrec.train.recipe import load_recipe, run_recipe
 
+    keep_freed_memory()  # freed tensors' memory is reused, not unmapped and faulted in again
     loaded = load_recipe(recipe, overrides or [])
     if threads is not None:
         import torch

@@ -33,6 +33,7 @@ from benchlib import machine, set_up_recipe
 
 from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.io import atomic_write_json
+from fedllmrec.runtime import keep_freed_memory
 from fedllmrec.train.evaluators import Evaluator
 
 
@@ -45,8 +46,12 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=1)
     parser.add_argument("--out", default="runs/bench_federated/result.json")
     parser.add_argument("--floor", action="store_true", help="count a round's FLOPs too")
+    parser.add_argument(
+        "--system-malloc", action="store_true", help="glibc's defaults (fedllmrec train tunes it)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    malloc_tuned = not args.system_malloc and keep_freed_memory()
 
     recipe, _, evaluator, fed = set_up_recipe(args.recipe, args.set)
     assert isinstance(fed, FederatedRecommender), "the recipe needs a [federated] table"
@@ -88,6 +93,7 @@ def main() -> None:
         **fed.run_info(),
         "history": rows,
         "machine": machine(),
+        "malloc_keeps_freed_memory": malloc_tuned,
         "command": " ".join(["python", *sys.argv]),
         "date": dt.datetime.now().isoformat(timespec="seconds"),
     }

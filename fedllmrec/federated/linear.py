@@ -179,5 +179,5 @@ def _private_step(
     scale = (-lr / weight).float()  # (C,) the sign folded in: one pass less over the rows
     for name, rows in rows_of.items():
         if rows.grad is not None:
-            step = rows.grad * scale.reshape(-1, *[1] * (rows.dim() - 1))
+            step = rows.grad.mul_(scale.reshape(-1, *[1] * (rows.dim() - 1)))  # in place
             params[name].index_add_(0, users, step)
