@@ -139,6 +139,10 @@ class FederatedRecommender:
     _newest_length: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     _window_length: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     _window_count: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    # The latest round's draws: round -> {client id: one window array per local step}.
+    _drawn: tuple[int, dict[int, list[np.ndarray]]] = field(
+        default_factory=lambda: (0, {}), repr=False
+    )
 
     # ------------------------------------------------------------------ setup
 
@@ -335,11 +339,19 @@ class FederatedRecommender:
         size = cfg.local.batch_size
         if not size or all(r.shape[0] <= size for r in rows):
             return [rows]
+        if self._drawn[0] != round_:  # chunks() and each chunk ask for the same round's draws
+            self._drawn = (round_, {})
+        drawn = self._drawn[1]
         steps: list[list[np.ndarray]] = [[] for _ in range(cfg.local.steps)]
         for client, r in zip(self._clients[chunk].tolist(), rows, strict=True):
-            rng = np.random.default_rng([cfg.seed, round_, client])
-            for step in steps:
-                draw = r if r.shape[0] <= size else np.sort(rng.choice(r, size, replace=False))
+            if r.shape[0] <= size:  # all its windows, every step: nothing drawn
+                for step in steps:
+                    step.append(r)
+                continue
+            if client not in drawn:
+                rng = np.random.default_rng([cfg.seed, round_, client])
+                drawn[client] = [np.sort(rng.choice(r, size, replace=False)) for _ in steps]
+            for step, draw in zip(steps, drawn[client], strict=True):
                 step.append(draw)
         return steps
 
