@@ -306,7 +306,7 @@ class MRFFBlock(nn.Module):
         if self.config.gate == "weighted":
             group_out = group_out * probs[..., None]
         x = x + group_out + self.user_ffn(z, users)
-        return x * m, groups, probs
+        return x, groups, probs  # padded positions unmasked (see ItemSequenceModel.embed)
 
 
 class MRFF(ItemSequenceModel):
@@ -382,4 +382,5 @@ class MRFF(ItemSequenceModel):
             x, g, p = block(x, pad_mask, bias, user_vec, users)
             groups.append(g[:, -1])  # left padding: the last position is the newest item
             probs.append(p[:, -1])
-        return self.ln_out(x), Routing(torch.stack(groups), torch.stack(probs))
+        states = self.ln_out(x * pad_mask[..., None])
+        return states, Routing(torch.stack(groups), torch.stack(probs))

@@ -132,8 +132,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         x = x + self.att(self.ln_att(x), bias)
-        x = x + self.ffn(self.ln_ffn(x))
-        return x * pad_mask[..., None]
+        return x + self.ffn(self.ln_ffn(x))  # padded positions unmasked (see embed)
 
 
 def trim_left_padding(batch: dict[str, torch.Tensor], key: str = "seq") -> dict[str, torch.Tensor]:
@@ -173,7 +172,12 @@ class ItemSequenceModel(nn.Module):
         extra: torch.Tensor | None = None,
         vectors: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scaled item vectors plus positions (B, T, D), zero at padding, and the mask (B, T).
+        """Scaled item vectors plus positions (B, T, D), and the mask (B, T) of real items.
+
+        Padded positions are left unmasked until the last block: no real position sees them
+        (attention masks their keys; a padded query sees only itself), their gradient is
+        exactly zero, and the model zeroes them once before the output norm. So states are
+        those of masking after every block, without a pass per block.
 
         Positions count back from the newest item, which is always ``max_len - 1``, so a
         left-padded batch gives the same states with its all-padding columns cut off.
@@ -188,7 +192,7 @@ class ItemSequenceModel(nn.Module):
         x = vectors * math.sqrt(self.config.dim) + self.pos_emb(pos)[None]
         if extra is not None:
             x = x + extra
-        return self.dropout(x) * pad_mask[..., None], pad_mask
+        return self.dropout(x), pad_mask
 
     def score(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Inner products of states (B, D) with candidate items (B, C) or all items (C,)."""
@@ -233,4 +237,4 @@ class SASRec(ItemSequenceModel):
         bias = attention_bias(pad_mask)
         for block in self.blocks:
             x = block(x, pad_mask, bias)
-        return self.ln_out(x)  # (B, T, D)
+        return self.ln_out(x * pad_mask[..., None])  # (B, T, D)
