@@ -180,8 +180,8 @@ class GroupFFN(nn.Module):
                 h = F.relu(torch.addmm(b1[g], x, w1[g]))  # (n_g, H)
                 outputs.append(torch.addmm(b2[g], self.dropout(h), w2[g]))  # (n_g, D)
         out = torch.zeros_like(flat)
-        if outputs:
-            out = out.index_copy(0, real, torch.cat(outputs))
+        if outputs:  # in place: the out-of-place copy would clone the zeros first
+            out.index_copy_(0, real, torch.cat(outputs))
         return out.reshape(z.shape)
 
 
