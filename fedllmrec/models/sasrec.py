@@ -43,8 +43,8 @@ def attention_bias(pad_mask: torch.Tensor) -> torch.Tensor:
     """Additive causal mask (B, 1, T, T) of left-padded sequences with mask ``pad_mask`` (B, T).
 
     Query t sees real keys s <= t (0), nothing else (-inf). A padded query sees itself
-    only, so no row is empty (no NaN to repair); its output is garbage that every block
-    masks out, and no real position attends to it. Built once per forward, for all blocks.
+    only, so no row is empty (no NaN to repair); its output is garbage that the model masks
+    before its output norm, and no real position attends to it. Built once per forward.
     """
     t = pad_mask.shape[1]
     causal = torch.ones(t, t, dtype=torch.bool, device=pad_mask.device).tril()
