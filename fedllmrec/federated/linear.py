@@ -94,6 +94,7 @@ def train_linear(
     lr = cfg.local.lr
     params = dict(net.named_parameters())
     private = own.private_parameters()
+    private_tensors = own.names(Owner.PRIVATE)  # trainable rows and private buffers
     model = base.model
     mrff = model.config if isinstance(model, MRFF) else None
     tensors = base.training_tensors()
@@ -112,14 +113,14 @@ def train_linear(
         # Each client's mean loss, weighted: w_c / n_c on each of its targets.
         row_weight = (weight / targets.clamp(min=1.0))[owner].float()
         users = torch.from_numpy(fed.clients[chunk])  # (C,)
-        if own.names(Owner.PRIVATE):
+        if private_tensors:
             batch["user"] = owner  # user clients: row -> its client's position in ``users``
         # One window per client: the chunk's rows are the batch's, in batch order.
         aligned = len(index) == len(chunk)
         # Group tensors learn only from positions routed as their row's client is.
         with (
             group_ffn_mode(net, route_rows=newest[owner]),
-            chunk_rows(net, own.names(Owner.PRIVATE), users) as chunk_private,
+            chunk_rows(net, private_tensors, users) as chunk_private,
             aligned_rows(net, aligned),
         ):
             out = base.batch_loss(batch, row_weight=row_weight)

@@ -390,7 +390,7 @@ class FederatedRecommender:
         The length is that of the longest window the client trains in round ``round_``
         (its draws, see :meth:`local_windows`), or of its newest window.
         """
-        counts = np.array([self.client_rows[p].shape[0] for p in positions.tolist()])
+        counts = self._window_count[positions]
         size = self.federation.local.batch_size
         lengths = self._newest_length[positions]
         if size:
