@@ -34,7 +34,7 @@ from benchlib import machine, set_up_recipe
 from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.io import atomic_write_json
 from fedllmrec.runtime import keep_freed_memory
-from fedllmrec.train.evaluators import Evaluator
+from fedllmrec.eval.evaluators import Evaluator
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import torch
 from benchlib import machine
 
 from fedllmrec.io import atomic_write_json
-from fedllmrec.train.recipe import load_recipe, run_recipe
+from fedllmrec.recipes.recipe import load_recipe, run_recipe
 
 
 def _row(name: str, metrics: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ from benchlib import machine
 from fedllmrec.data.prepare import prepare
 from fedllmrec.io import atomic_write_json
 from fedllmrec.retrieval import ItemIndex
-from fedllmrec.retrieval.candidates import retrieval_recall
+from fedllmrec.retrieval.history import retrieval_recall
 from fedllmrec.semantics import embed_items
 
 KS = (10, 50, 100)

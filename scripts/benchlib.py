@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from fedllmrec.data.prepare import Prepared
-from fedllmrec.train.evaluators import Evaluator
-from fedllmrec.train.recipe import Model, Recipe, load_recipe
+from fedllmrec.eval.evaluators import Evaluator
+from fedllmrec.recipes.recipe import Model, Recipe, load_recipe
 from fedllmrec.train.trainer import Trainable, machine
 
 __all__ = ["machine", "set_up_recipe"]

@@ -18,10 +18,10 @@ from fedllmrec.federated.ownership import Owner, OwnershipError, declared_owners
 from fedllmrec.federated.server import stack_uploads
 from fedllmrec.federated.simulator import FederatedRecommender, FederationConfig
 from fedllmrec.federated.strategies import StrategyConfig, routing_load
-from fedllmrec.models.ctr import ClickRecommender
+from fedllmrec.models.click import ClickRecommender
 from fedllmrec.models.owners import Owner as ModelOwner
 from fedllmrec.models.sequential import SequentialRecommender
-from fedllmrec.train.evaluators import RankingEvaluator
+from fedllmrec.eval.evaluators import RankingEvaluator
 from fedllmrec.train.trainer import Trainer, TrainerConfig
 
 torch.set_num_threads(1)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from fedllmrec.errors import FedLLMRecError
 from fedllmrec.federated.client import ClientUpload
-from fedllmrec.federated.flower import (
+from fedllmrec.apps.flower import (
     PRIVATE_STATE,
     RUN_CONFIG_DEFAULTS,
     AppConfig,

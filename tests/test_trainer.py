@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fedllmrec.cli import app
+from fedllmrec.apps.cli import app
 from fedllmrec.data.prepare import Prepared, prepare
 from fedllmrec.data.registry import DATASETS
 from fedllmrec.data.split import Split, SplitConfig, UserItemSet

@@ -518,3 +518,23 @@ def _grouped_auc(
     ok = pairs > 0
     per_group[ok] = numer[ok] / pairs[ok]
     return per_group, n_pos, n_neg
+
+
+def click_metrics(labels: npt.ArrayLike, probs: npt.ArrayLike) -> dict[str, float]:
+    """Global AUC and LogLoss of held-out click probabilities (the MRFF protocol).
+
+    The one place click metrics are computed: the click evaluator and the Flower
+    ServerApp (on the nodes' pooled predictions) both call it.
+
+    Returns
+    -------
+    dict
+        ``"LogLoss"``, and ``"AUC"`` when both classes occur; ``"rows"`` counts the labels.
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    metrics: dict[str, float] = {"rows": float(y.shape[0])}
+    if y.size:
+        metrics["LogLoss"] = log_loss(y, probs)
+        if 0 < y.sum() < y.size:  # AUC needs both classes
+            metrics["AUC"] = auc(y, probs)
+    return metrics

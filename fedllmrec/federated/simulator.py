@@ -488,13 +488,14 @@ class FederatedRecommender:
             out[rows] = self.base.score(users[rows], np.asarray(items)[rows], local)
         return out
 
-    def evaluate(self, role: str) -> dict[str, float]:
-        """Click metrics (AUC, LogLoss) when the wrapped recommender predicts clicks."""
-        evaluate = getattr(self.base, "evaluate", None)
-        if evaluate is None:
+    def predict(self, role: str) -> tuple[np.ndarray, np.ndarray]:
+        """Click probabilities and labels of the held-out ``role`` exposures (click models),
+        each user with the global model and that user's private state."""
+        predict = getattr(self.base, "predict", None)
+        if predict is None:
             raise FedLLMRecError(f"{type(self.base).__name__} does not predict clicks")
-        result: dict[str, float] = evaluate(role)
-        return result
+        probs, labels = predict(role)
+        return probs, labels
 
 
 def _pad(tensors: Mapping[str, torch.Tensor], rows: list[np.ndarray]) -> dict[str, torch.Tensor]:

@@ -45,7 +45,7 @@ from fedllmrec.data.split import Split, UserItemSet
 from fedllmrec.errors import FedLLMRecError
 from fedllmrec.io import atomic_path, atomic_write_json
 from fedllmrec.models.base import Recommender
-from fedllmrec.train.evaluators import LOWER_IS_BETTER, Evaluator
+from fedllmrec.eval.evaluators import LOWER_IS_BETTER, Evaluator
 
 LAST, BEST, METRICS, CURVE = "last.pt", "best.pt", "metrics.json", "curve.png"
 

@@ -158,7 +158,7 @@ def retrieve(
     from fedllmrec.data.split import UserItemSet
     from fedllmrec.errors import FedLLMRecError
     from fedllmrec.retrieval import ItemIndex
-    from fedllmrec.retrieval.candidates import history_queries
+    from fedllmrec.retrieval.history import history_queries
     from fedllmrec.semantics import embed_items
 
     dataset = load_dataset(name, data_dir)
@@ -220,7 +220,7 @@ def train(
     from rich.table import Table
 
     from fedllmrec.runtime import keep_freed_memory
-    from fedllmrec.train.recipe import load_recipe, run_recipe
+    from fedllmrec.recipes.recipe import load_recipe, run_recipe
 
     keep_freed_memory()  # freed tensors' memory is reused, not unmapped and faulted in again
     loaded = load_recipe(recipe, overrides or [])

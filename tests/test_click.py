@@ -13,7 +13,7 @@ import torch
 from fedllmrec.data.schema import RecDataset
 from fedllmrec.data.sequences import windows
 from fedllmrec.data.split import TEST, TRAIN, Split, leave_one_out
-from fedllmrec.models.ctr import ClickRecommender
+from fedllmrec.models.click import ClickRecommender
 from fedllmrec.models.dropout import Dropout
 from fedllmrec.models.sequential import SequentialTrainConfig
 
@@ -106,7 +106,7 @@ def test_click_training_is_deterministic_and_learns(
 
 
 def test_click_recipe_trains_and_reports_auc(data_root: Path, tmp_path: Path) -> None:
-    from fedllmrec.train.recipe import load_recipe, run_recipe
+    from fedllmrec.recipes.recipe import load_recipe, run_recipe
 
     recipe = load_recipe(
         Path(__file__).parents[1] / "recipes" / "mrff-kuaisar.toml",

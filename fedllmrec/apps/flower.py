@@ -71,7 +71,7 @@ from safetensors.torch import save as save_safetensors
 
 import fedllmrec
 from fedllmrec.errors import FedLLMRecError
-from fedllmrec.eval.metrics import auc, log_loss
+from fedllmrec.eval.metrics import click_metrics
 from fedllmrec.federated.client import ClientUpload, download_bytes, make_upload, upload_bytes
 from fedllmrec.federated.server import aggregate_round, stack_uploads
 from fedllmrec.federated.simulator import (
@@ -86,7 +86,7 @@ from fedllmrec.federated.strategies import (
 )
 from fedllmrec.io import atomic_write_bytes, atomic_write_json
 from fedllmrec.models.sequential import SequentialRecommender
-from fedllmrec.train.recipe import Recipe, load_recipe
+from fedllmrec.recipes.recipe import Recipe, load_recipe
 
 __all__ = [
     "RUN_CONFIG_DEFAULTS",
@@ -579,13 +579,7 @@ def _evaluate(
     pooled = {key: np.concatenate(values) for key, values in parts.items()}
     order = np.argsort(pooled["user"], kind="stable")
     pooled = {key: value[order] for key, value in pooled.items()}
-    metrics: dict[str, float] = {"rows": float(pooled["user"].shape[0])}
-    labels, probs = pooled["label"], pooled["prob"]
-    if labels.size:
-        metrics["LogLoss"] = log_loss(labels, probs)
-        if 0 < labels.sum() < labels.size:  # AUC needs both classes
-            metrics["AUC"] = auc(labels, probs)
-    return metrics, pooled
+    return click_metrics(pooled["label"], pooled["prob"]), pooled
 
 
 def _write_outputs(

@@ -43,9 +43,9 @@ from fedllmrec.errors import FedLLMRecError, RecipeError
 from fedllmrec.federated.simulator import FederatedRecommender, FederationConfig
 from fedllmrec.models.base import Recommender
 from fedllmrec.models.baselines import ItemKNN, ItemKNNConfig, Popularity, PopularityConfig
-from fedllmrec.models.ctr import ClickRecommender
+from fedllmrec.models.click import ClickRecommender
 from fedllmrec.models.sequential import SequentialRecommender
-from fedllmrec.train.evaluators import EVALUATORS, Evaluator
+from fedllmrec.eval.evaluators import EVALUATORS, Evaluator
 from fedllmrec.train.trainer import Trainable, Trainer, TrainerConfig
 
 Model = Trainable | Recommender

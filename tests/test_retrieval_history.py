@@ -13,7 +13,7 @@ from fedllmrec.data.prepare import Prepared
 from fedllmrec.eval import evaluate_ranking
 from fedllmrec.models import Popularity
 from fedllmrec.retrieval import IndexConfig, ItemIndex
-from fedllmrec.retrieval.candidates import (
+from fedllmrec.retrieval.history import (
     candidates_for_users,
     exclusions,
     history_queries,

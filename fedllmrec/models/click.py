@@ -19,11 +19,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedllmrec.data.kuaisar import ITEM_FEATURES as KUAISAR_ITEM_FEATURES
 from fedllmrec.data.schema import RecDataset
 from fedllmrec.data.sequences import left_pad, windows
 from fedllmrec.data.split import ROLE_NAMES, TRAIN, Split
-from fedllmrec.eval.metrics import auc, log_loss
 from fedllmrec.models.dropout import Dropout
 from fedllmrec.models.gru4rec import GRU4Rec
 from fedllmrec.models.items import PAD, ItemSource
@@ -73,8 +71,9 @@ def _exposure_tokens(
 class ClickRecommender(SequentialRecommender):
     """SASRec or MRFF with a click head, trained on exposures with BCE.
 
-    Defaults follow MRFF's released KuaiSAR-R settings where they exist (item
-    vector = 6 categorical features x 8 dimensions, 2 blocks, 1 head, dropout 0.5).
+    Defaults follow MRFF's released KuaiSAR-R settings where they exist (2 blocks,
+    1 head, dropout 0.5); the item vector is the dataset's categorical ``item_features``
+    (MRFF's KuaiSAR-R recipe: 6 features x 8 dimensions), named by the recipe.
     """
 
     max_len: int = 65
@@ -82,7 +81,7 @@ class ClickRecommender(SequentialRecommender):
     n_heads: int = 1
     dropout: float = 0.5
     item_source: ItemSource = "none"
-    item_features: Sequence[str] = KUAISAR_ITEM_FEATURES  # MRFF's 6 video features
+    item_features: Sequence[str] = ()
     head: ClickHead | None = field(default=None, repr=False)
     _labels: torch.Tensor = field(default_factory=lambda: torch.empty(0), repr=False)
 
@@ -187,7 +186,3 @@ class ClickRecommender(SequentialRecommender):
             probs[index] = torch.sigmoid(logits).float().numpy()
         return probs, ds.label[targets].astype(np.float64)
 
-    def evaluate(self, role: str) -> dict[str, float]:
-        """Global AUC and LogLoss over the held-out ``role`` exposures (the MRFF protocol)."""
-        probs, labels = self.predict(role)
-        return {"AUC": auc(labels, probs), "LogLoss": log_loss(labels, probs), "rows": len(labels)}

@@ -4,7 +4,7 @@ The trainer only needs flat metrics so one key (``monitor``) can select the
 best epoch whatever the task; ranking and click prediction differ only in the
 evaluator. New kinds are added to :data:`EVALUATORS`::
 
-    EVALUATORS["ctr"] = CTREvaluator  # called as CTREvaluator(prepared, **options)
+    EVALUATORS["mine"] = MyEvaluator  # called as MyEvaluator(prepared, **options)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from fedllmrec.data.prepare import SAMPLED_NEGATIVES, Prepared
 from fedllmrec.data.split import UserItemSet
 from fedllmrec.errors import FedLLMRecError
-from fedllmrec.eval.metrics import TiePolicy
+from fedllmrec.eval.metrics import TiePolicy, click_metrics
 from fedllmrec.eval.ranking import Mode, evaluate_ranking
 from fedllmrec.models.base import Recommender
 
@@ -104,17 +104,21 @@ class RankingEvaluator:
 class ClickEvaluator:
     """Global AUC and LogLoss over held-out exposures (the MRFF protocol), keys "AUC", "LogLoss".
 
-    The model must offer ``evaluate(role)`` (:class:`fedllmrec.models.ctr.ClickRecommender`).
+    The model must offer ``predict(role) -> (probabilities, labels)``
+    (:class:`fedllmrec.models.click.ClickRecommender`, or a federation wrapping one).
     """
 
     prepared: Prepared
 
     def __call__(self, model: Scorer, role: str) -> dict[str, float]:
-        evaluate = getattr(model, "evaluate", None)
-        if evaluate is None:
+        predict = getattr(model, "predict", None)
+        if predict is None:
             raise FedLLMRecError(f"{type(model).__name__} does not predict clicks")
-        metrics = evaluate(role)
-        return {"AUC": float(metrics["AUC"]), "LogLoss": float(metrics["LogLoss"])}
+        probs, labels = predict(role)
+        metrics = click_metrics(labels, probs)
+        if "AUC" not in metrics:
+            raise FedLLMRecError(f"{role}: click AUC needs both clicked and unclicked exposures")
+        return {"AUC": metrics["AUC"], "LogLoss": metrics["LogLoss"]}
 
     def metric_names(self) -> list[str]:
         return ["AUC", "LogLoss"]

@@ -1,0 +1,1 @@
+"""Applications on top of the library: the ``fedllmrec`` command line and the Flower app."""
