@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,27 +61,63 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 @contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` itself for the duration of the block.
+
+    Locking the parent folder, not a sibling lock file, leaves nothing behind to clean up;
+    the lock is held only for two renames, so serialising unrelated siblings costs nothing.
+    """
+    if sys.platform == "win32":  # no flock; a single writer is assumed there
+        yield
+        return
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``path`` as a whole on success.
 
     Used for prepared datasets: an interrupted prepare leaves either no folder
-    or the previous complete one, never a folder with half its files.
+    or the previous complete one, never a folder with half its files. Several
+    processes may replace the same folder at once: the swaps are serialised by
+    a lock on the parent folder, and the last one to finish wins.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old: Path | None = None
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
-        if path.exists():
-            # Two renames keep the window where ``path`` is missing tiny; the old
-            # copy is removed only once the new one is in place.
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        # Without the lock, a second writer can rename its folder into place between our
+        # two renames, and ours then fails with "Directory not empty".
+        with _folder_lock(path.parent):
+            if path.exists():
+                # A unique, empty folder to rename onto (POSIX allows replacing an empty
+                # folder), so concurrent threads of one process never share a name.
+                old = Path(
+                    tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent)
+                )
+                os.replace(path, old)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(old, path)  # put the previous copy back
+                    old = None
+                    raise
+            else:
+                os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        # The old copy is removed only once the new one is in place, outside the lock.
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

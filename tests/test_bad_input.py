@@ -444,6 +444,77 @@ def test_generic_parquet_that_is_not_parquet(generic: Path) -> None:
     _check(err.value, path, None, None, "not a readable Parquet file")
 
 
+def test_generic_interaction_domain_disagreeing_with_items(generic: Path) -> None:
+    path = generic / "interactions.csv"
+    rows = GOOD_INTERACTIONS.splitlines()
+    domains = ["domain", "movies", "movies", "movies", "books", "movies"]
+    path.write_text("\n".join(f"{r},{d}" for r, d in zip(rows, domains, strict=True)) + "\n")
+    assert load_generic(generic).n_interactions == 5  # every domain agrees with items.csv
+    _replace_line(path, 4, "u2,i1,150,3,books")  # i1 is a movie in items.csv, line 2
+    with pytest.raises(DataFormatError) as err:
+        load_generic(generic)
+    _check(err.value, path, 4, "domain", "'books'", "items.csv:2", "item 'i1'", "'movies'")
+
+
+def test_generic_item_with_two_domains_in_interactions(generic: Path) -> None:
+    # Without an item table (or its domain column) items take their interactions' domain,
+    # which must then be one per item.
+    (generic / "items.csv").unlink()
+    path = generic / "interactions.csv"
+    path.write_text(
+        "user_id,item_id,timestamp,domain\nu1,i1,1,movies\nu1,i2,2,books\nu2,i1,3,books\n"
+    )
+    with pytest.raises(DataFormatError) as err:
+        load_generic(generic)
+    _check(err.value, path, 4, "domain", "item 'i1'", "'movies' on line 2", "not 'books'")
+
+    (generic / "items.csv").write_text("item_id,title\ni1,A\ni2,B\ni3,C\n")
+    _replace_line(path, 4, "u2,i1,3,movies")
+    dataset = load_generic(generic)
+    assert dataset.items.column("domain").to_pylist() == ["movies", "books", "default"]
+
+
+def test_generic_duplicate_item_id_names_its_line(generic: Path) -> None:
+    path = generic / "items.csv"
+    path.write_text(GOOD_ITEMS + "i4,Delta,books\ni1,Alpha again,movies\n")
+    with pytest.raises(DataFormatError) as err:
+        load_generic(generic)
+    _check(err.value, path, 6, "item_id", "duplicate item id 'i1'", "first on line 2")
+
+
+def test_generic_duplicate_user_id_names_its_line(generic: Path) -> None:
+    path = generic / "users.csv"
+    path.write_text("user_id,age\nu1,20\nu2,30\nu3,40\nu2,50\n")
+    with pytest.raises(DataFormatError) as err:
+        load_generic(generic)
+    _check(err.value, path, 5, "user_id", "duplicate user id 'u2'", "first on line 3")
+
+
+def test_ml100k_duplicate_item_id_names_its_line(tmp_path: Path) -> None:
+    folder = _copy(tmp_path, ML)
+    _set_line(folder / "u.item", 20, _line(folder / "u.item", 3))
+    with pytest.raises(DataFormatError) as err:
+        load_movielens_100k(folder)
+    _check(err.value, folder / "u.item", 20, "item_id", "duplicate item id '3'", "first on line 3")
+
+
+def test_art_office_item_id_in_both_item_lists(tmp_path: Path) -> None:
+    folder = _copy(tmp_path, AO)
+    office = folder / "item_listO_AA_F.csv"
+    old = _set_line(office, 3, b"1,some office item,0,office products")
+    assert old.split(b",")[2] == b"18640"
+    with pytest.raises(DataFormatError) as err:
+        load_art_office(folder)
+    _check(
+        err.value,
+        office,
+        3,
+        "item_id",
+        "duplicate item id '0'",
+        f"first on line 2 of {folder / 'item_listA_F.csv'}",
+    )
+
+
 # --------------------------------------------------------------------------- command line
 
 

@@ -118,3 +118,35 @@ def test_custom_model_path_and_bad_path(tmp_path: Path) -> None:
     by_path = ItemEncoder(EncoderConfig(model=str(default.model_path)))
     assert by_path.identity == default.identity
     assert json.loads((default.model_path / "config.json").read_text())["hidden_size"] == 384
+
+
+def test_items_without_text_are_reported(
+    tmp_path: Path, ml100k: RecDataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fedllmrec.data.generic import load_generic
+
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    titles = ["Red kettle", "", "", "Blue mug", "", "", "", ""]
+    (folder / "items.csv").write_text(
+        "item_id,title\n" + "".join(f"p{i},{t}\n" for i, t in enumerate(titles))
+    )
+    (folder / "interactions.csv").write_text(
+        "user_id,item_id,timestamp\n" + "".join(f"u{i % 2},p{i},{i}\n" for i in range(8))
+    )
+    dataset = load_generic(folder)
+    with caplog.at_level("WARNING", logger="fedllmrec.semantics"):
+        texts = item_texts(dataset)
+    assert texts[0] == "Red kettle" and texts[1] == ""
+    [record] = caplog.records
+    msg = record.getMessage()
+    assert record.levelname == "WARNING" and "\n" not in msg
+    assert "6 of 8 items have an empty text" in msg
+    # The first five empty items are named, and the list says it goes on.
+    assert "item_id 'p1', 'p2', 'p4', 'p5', 'p6', ..." in msg and "'p7'" not in msg
+    assert "same embedding" in msg and "shop" in msg
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fedllmrec.semantics"):
+        item_texts(ml100k)
+    assert caplog.records == []  # every real movie has a title

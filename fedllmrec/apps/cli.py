@@ -31,6 +31,38 @@ DataDir = Annotated[
     typer.Option("--data-dir", help="Raw data folder (else $FEDLLMREC_DATA, else the cache)."),
 ]
 Seed = Annotated[int, typer.Option(help="Seed of the candidate draw.")]
+Threads = Annotated[
+    int | None,
+    typer.Option(min=1, help="CPU threads of torch and Arrow (default: their own choice)."),
+]
+Encoding = Annotated[
+    str | None,
+    typer.Option(
+        help="Text encoding of a generic-format folder's CSV files, e.g. latin-1 "
+        "(overrides its dataset.json)."
+    ),
+]
+Negatives = Annotated[
+    int | None,
+    typer.Option(
+        "--negatives",
+        min=0,
+        help="Sampled negatives per held-out interaction (default 99, the 1+99 protocol; "
+        "0: none, full-ranking evaluation only).",
+    ),
+]
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply ``--threads``; torch is imported only when it is given (importing it takes seconds)."""
+    if threads is None:
+        return
+    import pyarrow
+    import torch
+
+    # On a shared CPU, fewer threads than cores avoids OpenMP spin-wait thrashing.
+    torch.set_num_threads(threads)
+    pyarrow.set_cpu_count(threads)
 
 
 @data_app.command("stats")
@@ -38,11 +70,14 @@ def data_stats(
     name: Annotated[str, typer.Argument(help="ml-100k, kuaisar-r, art-office or a folder.")],
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    encoding: Encoding = None,
+    threads: Threads = None,
 ) -> None:
     """Print user, item and interaction counts, in total and per domain."""
     from fedllmrec.data import load_dataset
 
-    stats = load_dataset(name, data_dir).stats()
+    set_threads(threads)
+    stats = load_dataset(name, data_dir, encoding=encoding).stats()
     if as_json:
         print(json.dumps(stats, indent=2))
         return
@@ -61,16 +96,32 @@ def data_prepare(
         int | None, typer.Option(help="Keep each user's most recent N interactions.")
     ] = None,
     force: Annotated[bool, typer.Option(help="Prepare again even if cached.")] = False,
+    negatives: Negatives = None,
+    encoding: Encoding = None,
+    threads: Threads = None,
 ) -> None:
     """Split a dataset leave-one-out and draw its evaluation candidates, once."""
-    from fedllmrec.data.prepare import prepare
+    from fedllmrec.data.prepare import SAMPLED_NEGATIVES, prepare
     from fedllmrec.data.split import SplitConfig
 
+    set_threads(threads)
     config = SplitConfig(
         min_user_interactions=min_user, min_item_interactions=min_item, max_history=max_history
     )
-    prepared = prepare(name, data_dir=data_dir, config=config, seed=seed, out=out, force=force)
-    console.print(f"prepared {prepared.dataset.name} in {prepared.folder}")
+    prepared = prepare(
+        name,
+        data_dir=data_dir,
+        config=config,
+        seed=seed,
+        out=out,
+        force=force,
+        n_negatives=SAMPLED_NEGATIVES if negatives is None else negatives,
+        encoding=encoding,
+    )
+    console.print(
+        f"prepared {prepared.dataset.name} in {prepared.folder} "
+        f"({prepared.n_negatives} sampled negatives per held-out interaction)"
+    )
     console.print_json(json.dumps(prepared.split.summary()))
 
 
@@ -80,16 +131,26 @@ def baselines(
     data_dir: DataDir = None,
     seed: Seed = 0,
     json_out: Annotated[Path | None, typer.Option(help="Also write the records as JSON.")] = None,
+    negatives: Negatives = None,
+    encoding: Encoding = None,
+    threads: Threads = None,
 ) -> None:
-    """Evaluate popularity and item-kNN, full-rank and 1+99 sampled."""
-    from fedllmrec.data.prepare import prepare
+    """Evaluate popularity and item-kNN, full-rank and 1+99 sampled (1+N with --negatives)."""
+    from fedllmrec.data.prepare import SAMPLED_NEGATIVES, prepare
     from fedllmrec.eval.benchmark import metrics_table, run_baselines
+    from fedllmrec.eval.ranking import Mode
     from fedllmrec.io import atomic_write_json
 
+    set_threads(threads)
+    n_negatives = SAMPLED_NEGATIVES if negatives is None else negatives
     with console.status(f"preparing {name}"):
-        prepared = prepare(name, data_dir=data_dir, seed=seed)
+        prepared = prepare(
+            name, data_dir=data_dir, seed=seed, n_negatives=n_negatives, encoding=encoding
+        )
+    # Without sampled candidates only full ranking can be evaluated.
+    modes: tuple[Mode, ...] = ("full", "sampled") if prepared.n_negatives else ("full",)
     with console.status("fitting and evaluating baselines"):
-        records = run_baselines(prepared)
+        records = run_baselines(prepared, modes=modes)
     console.print(metrics_table(records, f"{prepared.dataset.name}: baselines (seed {seed})"))
     if json_out is not None:
         atomic_write_json(json_out, records)
@@ -108,6 +169,8 @@ def embed(
     template: Annotated[Path | None, typer.Option(help="Item text template TOML file.")] = None,
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16 (autocast).")] = "float32",
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 32,
+    encoding: Encoding = None,
+    threads: Threads = None,
 ) -> None:
     """Embed every item of a dataset (all domains) with the frozen encoder, using the cache."""
     import time
@@ -120,7 +183,8 @@ def embed(
 
     if dtype not in ("float32", "bfloat16"):
         raise typer.BadParameter("dtype must be float32 or bfloat16")
-    dataset = load_dataset(name, data_dir)
+    set_threads(threads)
+    dataset = load_dataset(name, data_dir, encoding=encoding)
     texts = item_texts(dataset, template)
     encoder = ItemEncoder(
         EncoderConfig(model=model, dtype=dtype, batch_size=batch_size)  # type: ignore[arg-type]
@@ -149,6 +213,8 @@ def retrieve(
     query_domain: Annotated[
         str | None, typer.Option(help="Build the query from this domain's history only.")
     ] = None,
+    encoding: Encoding = None,
+    threads: Threads = None,
 ) -> None:
     """Candidate items for a user, by text similarity to their history, never seen items."""
     import numpy as np
@@ -161,7 +227,8 @@ def retrieve(
     from fedllmrec.retrieval.history import history_queries
     from fedllmrec.semantics import embed_items
 
-    dataset = load_dataset(name, data_dir)
+    set_threads(threads)
+    dataset = load_dataset(name, data_dir, encoding=encoding)
     user_ids = dataset.users.column("user_id").to_pylist()
     if user not in user_ids:
         raise FedLLMRecError(f"user {user!r} is not in {dataset.name}")
@@ -212,9 +279,7 @@ def train(
     ] = None,
     data_dir: DataDir = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
-    threads: Annotated[
-        int | None, typer.Option(help="torch CPU threads (default: torch's choice).")
-    ] = None,
+    threads: Threads = None,
 ) -> None:
     """Train a recipe, select on validation, score test; resumes a run found in --out."""
     from rich.table import Table
@@ -224,11 +289,7 @@ def train(
 
     keep_freed_memory()  # freed tensors' memory is reused, not unmapped and faulted in again
     loaded = load_recipe(recipe, overrides or [])
-    if threads is not None:
-        import torch
-
-        # On a shared CPU, fewer threads than cores avoids OpenMP spin-wait thrashing.
-        torch.set_num_threads(threads)
+    set_threads(threads)
     metrics = run_recipe(loaded, out, data_dir=data_dir, quiet=quiet, console=err_console)
     table = Table(
         title=f"{loaded.name}: epoch {metrics['best_epoch']} of {metrics['stopped_epoch']}"
@@ -246,9 +307,9 @@ def train(
 
 
 @app.command("demo")
-def demo(data_dir: DataDir = None) -> None:
+def demo(data_dir: DataDir = None, threads: Threads = None) -> None:
     """The main job on the embedded defaults: prepare ml-100k and evaluate the baselines."""
-    baselines("ml-100k", data_dir=data_dir)
+    baselines("ml-100k", data_dir=data_dir, threads=threads)
 
 
 def main() -> None:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fedllmrec.data.reader import read_lines
-from fedllmrec.data.schema import RecDataset, build_dataset
+from fedllmrec.data.schema import RecDataset, build_dataset, dense_ids
 from fedllmrec.errors import DataFormatError
 
 ITEM_FILES = {"arts": "item_listA_F.csv", "office": "item_listO_AA_F.csv"}
@@ -29,10 +30,12 @@ ITEM_HEADER = ["idBefore", "item_title", "idAfter", "item_attribute"]
 REQUIRED_FILES = (*ITEM_FILES.values(), *SEQUENCE_FILES)
 
 
-def _read_items(path: Path) -> tuple[list[int], list[str], list[str]]:
+def _read_items(path: Path) -> tuple[list[int], list[str], list[str], list[int]]:
+    """Ids, titles, attributes and the line of each row of one item list."""
     ids: list[int] = []
     titles: list[str] = []
     attributes: list[str] = []
+    lines: list[int] = []
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
@@ -52,9 +55,10 @@ def _read_items(path: Path) -> tuple[list[int], list[str], list[str]]:
                 raise DataFormatError(path, "empty title", line=line, field="item_title")
             titles.append(row[1])
             attributes.append(row[3])
+            lines.append(line)
     if not ids:
         raise DataFormatError(path, "no data rows")
-    return ids, titles, attributes
+    return ids, titles, attributes, lines
 
 
 def _parse_sequence_line(
@@ -92,13 +96,21 @@ def load_art_office(folder: str | Path) -> RecDataset:
     folder = Path(folder)
     item_ids: list[int] = []
     cols: dict[str, list[str]] = {"domain": [], "title": [], "category": []}
+    # Line and file of each item row, so that a duplicate id is reported where it is.
+    item_lines: list[int] = []
+    item_sources: list[str] = []
     for domain, file_name in ITEM_FILES.items():
-        ids, titles, attributes = _read_items(folder / file_name)
+        ids, titles, attributes, at_lines = _read_items(folder / file_name)
         item_ids += ids
         cols["domain"] += [domain] * len(ids)
         cols["title"] += titles
         cols["category"] += attributes
+        item_lines += at_lines
+        item_sources += [str(folder / file_name)] * len(ids)
 
+    item_table: dict[str, list[Any]] = {"_line": item_lines, "_source": item_sources}
+    # Checked before the sequences, which would otherwise report the displaced id as unknown.
+    dense_ids([str(i) for i in item_ids], "item", str(folder), item_table)
     known = set(item_ids)
     users: list[str] = []
     user_split: list[str] = []
@@ -138,7 +150,7 @@ def load_art_office(folder: str | Path) -> RecDataset:
             "item_id": np.asarray(inter_item),
             "timestamp": np.asarray(inter_pos, dtype=np.int64),
         },
-        items={"item_id": item_ids, **cols},
+        items={"item_id": item_ids, **cols, **item_table},
         users={"user_id": users, "urllm_split": user_split},
         time_unit="position",
         label_kind="implicit",

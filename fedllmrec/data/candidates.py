@@ -94,20 +94,26 @@ class Candidates:
         )
 
 
+def _available(pool: np.ndarray, user: int, touched: UserItemSet) -> int:
+    """How many items of ``pool`` ``user`` never touched."""
+    return pool.shape[0] - int(np.isin(touched.items_of(user), pool).sum())
+
+
 def _sample_excluding(
     rng: np.random.Generator,
     pool: np.ndarray,
     n: int,
     user: int,
     touched: UserItemSet,
-) -> np.ndarray:
-    """``n`` distinct items of ``pool`` that ``user`` never touched, in random order."""
+) -> np.ndarray | None:
+    """``n`` distinct items of ``pool`` that ``user`` never touched, in random order.
+
+    None when the user has fewer than ``n`` untouched items in the pool.
+    """
     seen = touched.items_of(user)
     available = pool.shape[0] - int(np.isin(seen, pool).sum())
     if available < n:
-        raise FedLLMRecError(
-            f"user {user} has only {available} untouched items in the pool; {n} negatives requested"
-        )
+        return None
     if available < 4 * n:
         # A small pool: drawing without rejection is cheaper and exact.
         free = np.setdiff1d(pool, seen, assume_unique=True)
@@ -134,6 +140,12 @@ def sample_candidates(
     Negatives come from the items of the positive's domain that occur in the
     data, minus every item the user touched in any split. The draw depends only
     on ``seed`` and the split, so it is reproducible.
+
+    Raises
+    ------
+    FedLLMRecError
+        When a user has fewer untouched items than ``n_negatives``; the message
+        gives the largest count every user can have.
     """
     if role not in ROLE_NAMES[1:]:
         raise ValueError(f"role must be 'valid' or 'test', not {role!r}")
@@ -149,10 +161,36 @@ def sample_candidates(
     items = np.empty((rows.shape[0], n_negatives + 1), dtype=np.int32)
     items[:, 0] = positives
     for r in range(rows.shape[0]):
-        items[r, 1:] = _sample_excluding(
-            rng, pools[domains[r]], n_negatives, int(users[r]), touched
-        )
+        drawn = _sample_excluding(rng, pools[domains[r]], n_negatives, int(users[r]), touched)
+        if drawn is None:
+            raise _too_few(split, role, n_negatives, users, domains, pools, r)
+        items[r, 1:] = drawn
     return Candidates(role, rows.astype(np.int64), users, domains, items, seed)
+
+
+def _too_few(
+    split: Split,
+    role: str,
+    n_negatives: int,
+    users: np.ndarray,
+    domains: np.ndarray,
+    pools: list[np.ndarray],
+    failed: int,
+) -> FedLLMRecError:
+    """The error of a catalogue too small for ``n_negatives``, saying what would fit."""
+    touched = split.touched
+    # Every row's count, only on this error path: the number to advise must fit them all.
+    fits = min(_available(pools[d], int(u), touched) for u, d in zip(users, domains, strict=True))
+    ds = split.dataset
+    user = int(users[failed])
+    user_id = ds.users.column("user_id")[user].as_py()
+    have = _available(pools[domains[failed]], user, touched)
+    return FedLLMRecError(
+        f"{ds.name}: user {user_id!r} has only {have} untouched items to draw {role} "
+        f"negatives from; {n_negatives} requested: prepare with at most {fits} negatives "
+        f"(--negatives {fits}, negatives = {fits} in a recipe's [data], or "
+        f"prepare(n_negatives={fits})), or 0 to evaluate by full ranking only"
+    )
 
 
 def assert_leak_free(split: Split, candidates: Candidates) -> None:

@@ -6,16 +6,19 @@ A folder holding:
     columns ``user_id``, ``item_id``, ``timestamp`` (integer: unix time or a
     position); optional ``label`` (number; 1.0 when absent) and ``domain``.
 ``items.csv`` or ``items.parquet`` (optional)
-    ``item_id``; optional ``domain`` (default ``"default"``), ``title``,
-    ``category``, ``brand`` and any other columns, kept as item features.
+    ``item_id``; optional ``domain`` (default: the one its interactions give,
+    else ``"default"``), ``title``, ``category``, ``brand`` and any other
+    columns, kept as item features.
 ``users.csv`` or ``users.parquet`` (optional)
     ``user_id`` plus attribute columns, treated as private attributes (audits only).
 ``dataset.json`` (optional)
     ``{"name": ..., "time_unit": "s" | "ms" | "position",
     "label_kind": "rating" | "click" | "implicit"}``.
 
-CSV files are UTF-8 (override with ``dataset.json``'s ``"encoding"``) with a
-header line. Interactions whose items are missing from ``items`` are errors.
+CSV files are UTF-8 (override with ``dataset.json``'s ``"encoding"``, or the
+``encoding`` argument, which wins) with a header line. Interactions whose items
+are missing from ``items`` are errors, and so is an interaction ``domain`` that
+disagrees with its item's: an item belongs to one domain.
 """
 
 from __future__ import annotations
@@ -32,9 +35,15 @@ import pyarrow.parquet as pq
 
 from fedllmrec.data.reader import parse_float, parse_int_from_float, read_text
 from fedllmrec.data.schema import LabelKind, RecDataset, TimeUnit, build_dataset
-from fedllmrec.errors import DataFormatError
+from fedllmrec.errors import DataFormatError, FedLLMRecError
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
+TABLES = ("interactions", "items", "users")
+# Appended to a decoding error: every way a user can set the encoding.
+ENCODING_HINT = (
+    " (set the file's encoding, e.g. --encoding latin-1 on the command line,"
+    ' encoding="latin-1" in load_dataset/prepare, or "encoding": "latin-1" in dataset.json)'
+)
 
 
 def _find_table(folder: Path, stem: str, required: bool) -> Path | None:
@@ -59,7 +68,7 @@ def _read_table(path: Path, required: tuple[str, ...], encoding: str) -> dict[st
         columns["_line"] = list(range(1, table.num_rows + 1))
     else:
         # Spreadsheet exports often start with a byte-order mark; it is not a header character.
-        text = read_text(path, encoding).removeprefix("\ufeff")
+        text = read_text(path, encoding, hint=ENCODING_HINT).removeprefix("\ufeff")
         reader = csv.reader(io.StringIO(text, newline=""))
         rows: list[list[str]] = []
         starts: list[int] = []  # 1-based first line of each row (quoted fields may span lines)
@@ -118,8 +127,77 @@ def _as_numbers(
     return np.asarray(out, dtype=np.int64 if kind is int else np.float64)
 
 
-def load_generic(folder: str | Path) -> RecDataset:
-    """Read a folder in the generic format (see module docstring)."""
+def source_files(folder: str | Path) -> list[Path]:
+    """The files :func:`load_generic` reads in ``folder``: those present, in a fixed order."""
+    folder = Path(folder)
+    info = folder / "dataset.json"
+    files = [info] if info.is_file() else []
+    for stem in TABLES:
+        path = _find_table(folder, stem, required=False)
+        if path is not None:
+            files.append(path)
+    return files
+
+
+def _is_blank(value: Any) -> bool:
+    return value is None or str(value).strip() == ""
+
+
+def _domains_from_interactions(
+    inter_path: Path, inter: dict[str, list[Any]], item_ids: list[Any]
+) -> list[str]:
+    """Each item's domain from its interactions ("default" without any); they must agree."""
+    first: dict[str, tuple[str, int]] = {}  # item -> (domain, line where it was first given)
+    for item, domain, line in zip(
+        inter["item_id"], inter.get("domain", []), inter["_line"], strict=False
+    ):
+        if _is_blank(domain):
+            continue
+        item, domain = str(item), str(domain)
+        seen, seen_line = first.setdefault(item, (domain, line))
+        if seen != domain:
+            raise DataFormatError(
+                inter_path,
+                f"item {item!r} is in domain {seen!r} on line {seen_line}, not {domain!r}",
+                line=line,
+                field="domain",
+            )
+    return [first.get(str(item), ("default", 0))[0] for item in item_ids]
+
+
+def _check_domains(
+    inter_path: Path, inter: dict[str, list[Any]], items_path: Path, items: dict[str, list[Any]]
+) -> None:
+    """Every interaction ``domain`` given must be its item's domain in the item table."""
+    if "domain" not in inter:
+        return
+    catalogue: dict[str, tuple[str, int]] = {}
+    for item, domain, line in zip(items["item_id"], items["domain"], items["_line"], strict=True):
+        catalogue.setdefault(str(item), (str(domain), line))
+    for item, domain, line in zip(inter["item_id"], inter["domain"], inter["_line"], strict=True):
+        known = catalogue.get(str(item))
+        # Unknown items are reported by build_dataset, at their own line.
+        if known is None or _is_blank(domain) or str(domain) == known[0]:
+            continue
+        raise DataFormatError(
+            inter_path,
+            f"{str(domain)!r} disagrees with {items_path.name}:{known[1]}, "
+            f"which puts item {str(item)!r} in domain {known[0]!r}",
+            line=line,
+            field="domain",
+        )
+
+
+def load_generic(folder: str | Path, *, encoding: str | None = None) -> RecDataset:
+    """Read a folder in the generic format (see module docstring).
+
+    Parameters
+    ----------
+    folder : str or Path
+        The dataset folder.
+    encoding : str, optional
+        Text encoding of its CSV files; overrides ``dataset.json``'s ``"encoding"``.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataFormatError(folder, "not a folder in the generic dataset format")
@@ -137,14 +215,20 @@ def load_generic(folder: str | Path) -> RecDataset:
             raise DataFormatError(
                 info_path, f"{info[key]!r} is not one of {list(allowed)}", field=key
             )
-    encoding = info.get("encoding", "utf-8")
-    try:
-        codecs.lookup(encoding)
-    except (LookupError, TypeError):
-        # Name dataset.json, where the fix goes, not the CSV file it was applied to.
-        raise DataFormatError(
-            info_path, f"unknown encoding {encoding!r}", field="encoding"
-        ) from None
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise FedLLMRecError(f"unknown encoding {encoding!r} given for {folder}") from None
+    else:
+        encoding = info.get("encoding", "utf-8")
+        try:
+            codecs.lookup(encoding)
+        except (LookupError, TypeError):
+            # Name dataset.json, where the fix goes, not the CSV file it was applied to.
+            raise DataFormatError(
+                info_path, f"unknown encoding {encoding!r}", field="encoding"
+            ) from None
     inter_path = _find_table(folder, "interactions", required=True)
     assert inter_path is not None
     inter = _read_table(inter_path, INTERACTION_COLUMNS, encoding)
@@ -159,24 +243,24 @@ def load_generic(folder: str | Path) -> RecDataset:
     items_path = _find_table(folder, "items", required=False)
     if items_path is not None:
         items: dict[str, Any] = _read_table(items_path, ("item_id",), encoding)
-        items.setdefault("domain", ["default"] * len(items["item_id"]))
-        items.pop("_line")
+        if "domain" in items:
+            _check_domains(inter_path, inter, items_path, items)
+        else:
+            items["domain"] = _domains_from_interactions(inter_path, inter, items["item_id"])
     else:
-        # Without an item table, each item's domain comes from its first interaction.
-        domain_of: dict[str, str] = {}
-        for item, domain in zip(
-            inter["item_id"], inter.get("domain", ["default"] * len(lines)), strict=True
-        ):
-            domain_of.setdefault(str(item), str(domain))
-        items = {"item_id": list(domain_of), "domain": list(domain_of.values())}
+        # Without an item table, the items are those interacted with, in order of appearance.
+        item_ids = list(dict.fromkeys(str(item) for item in inter["item_id"]))
+        items = {
+            "item_id": item_ids,
+            "domain": _domains_from_interactions(inter_path, inter, item_ids),
+        }
 
     users_path = _find_table(folder, "users", required=False)
     users: dict[str, Any] | None = None
     attributes: tuple[str, ...] = ()
     if users_path is not None:
         users = _read_table(users_path, ("user_id",), encoding)
-        users.pop("_line")
-        attributes = tuple(k for k in users if k != "user_id")
+        attributes = tuple(k for k in users if k != "user_id" and not k.startswith("_"))
 
     return build_dataset(
         str(info.get("name", folder.name)),
@@ -194,5 +278,6 @@ def load_generic(folder: str | Path) -> RecDataset:
         private_attributes=attributes,
         interactions_source=str(inter_path),
         items_source=str(items_path or inter_path),
+        users_source=str(users_path or inter_path),
         meta={"source": str(folder)},
     )

@@ -56,9 +56,13 @@ def load_kuaisar_r(folder: str | Path) -> RecDataset:
     items: dict[str, object] = {
         "item_id": videos["video_id"][video_order],
         "domain": ["videos"] * len(video_order),
+        "_line": videos["_line"][video_order],
     }
     items.update({f: videos[f][video_order].astype(np.int32) for f in ITEM_FEATURES})
-    users: dict[str, object] = {"user_id": people["user_id"][user_order]}
+    users: dict[str, object] = {
+        "user_id": people["user_id"][user_order],
+        "_line": people["_line"][user_order],
+    }
     users.update({f: people[f][user_order].astype(np.int32) for f in USER_FEATURES})
     return build_dataset(
         "kuaisar-r",
@@ -76,6 +80,7 @@ def load_kuaisar_r(folder: str | Path) -> RecDataset:
         private_attributes=USER_FEATURES,
         interactions_source=str(folder / "df.csv"),
         items_source=str(folder / "video_features.csv"),
+        users_source=str(folder / "user_features.csv"),
         meta={
             "source": "KuaiSAR-R as preprocessed for MRFF (AAAI-25)",
             "item_features": list(ITEM_FEATURES),

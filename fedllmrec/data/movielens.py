@@ -88,6 +88,7 @@ def load_movielens_100k(folder: str | Path) -> RecDataset:
             "title": movies["title"],
             "category": genres,
             "release_date": [str(x) for x in movies["release_date"]],
+            "_line": movies["_line"],
         },
         users={
             "user_id": people["user_id"],
@@ -95,12 +96,14 @@ def load_movielens_100k(folder: str | Path) -> RecDataset:
             "gender": people["gender"].tolist(),
             "occupation": people["occupation"].tolist(),
             "zip": people["zip"].tolist(),
+            "_line": people["_line"],
         },
         time_unit="s",
         label_kind="rating",
         private_attributes=("age", "gender", "occupation", "zip"),
         interactions_source=str(folder / "u.data"),
         items_source=str(folder / "u.item"),
+        users_source=str(folder / "u.user"),
         meta={"source": "GroupLens MovieLens 100K", "url": URL},
     )
 

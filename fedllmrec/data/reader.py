@@ -93,9 +93,13 @@ def read_text(path: str | Path, encoding: str = "utf-8", hint: str = "") -> str:
         raise DataFormatError(path, f"unknown encoding {encoding!r}") from None
 
 
-def read_lines(path: str | Path, encoding: str = "utf-8") -> list[str]:
-    """Read a text file into lines, naming the first line that is not ``encoding`` text."""
-    text = read_text(path, encoding, hint=" (pass the file's encoding, e.g. encoding='latin-1')")
+def read_lines(path: str | Path, encoding: str = "utf-8", hint: str = "") -> list[str]:
+    """Read a text file into lines, naming the first line that is not ``encoding`` text.
+
+    ``hint`` is appended to a decoding error: say there how the caller's user sets the
+    encoding (built-in datasets have fixed encodings, so they give no such advice).
+    """
+    text = read_text(path, encoding, hint=hint)
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -110,6 +114,7 @@ def read_delimited(
     encoding: str = "utf-8",
     header: Sequence[str] | None = None,
     allow_extra_columns: bool = False,
+    hint: str = "",
 ) -> dict[str, np.ndarray]:
     """Parse a delimited file into typed numpy columns.
 
@@ -127,6 +132,8 @@ def read_delimited(
         When given, the first line must hold exactly these column names.
     allow_extra_columns : bool
         Ignore columns after the last field instead of failing.
+    hint : str
+        Appended to a decoding error (see :func:`read_lines`).
 
     Returns
     -------
@@ -140,7 +147,7 @@ def read_delimited(
         value that does not parse, naming file, line and field.
     """
     path = Path(path)
-    lines = read_lines(path, encoding)
+    lines = read_lines(path, encoding, hint)
     first = 0
     if header is not None:
         if not lines:

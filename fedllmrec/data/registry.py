@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedllmrec.data import art_office, kuaisar, movielens
-from fedllmrec.data.generic import load_generic
+from fedllmrec.data.generic import load_generic, source_files
 from fedllmrec.data.schema import RecDataset
-from fedllmrec.errors import DatasetNotFoundError
+from fedllmrec.errors import DatasetNotFoundError, FedLLMRecError
 from fedllmrec.paths import cache_dir, data_search_path
 
 
@@ -85,17 +85,86 @@ def locate(name: str, data_dir: str | Path | None = None, *, download: bool = Tr
     )
 
 
-def load_dataset(
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a dataset's raw files are: what a prepared copy of it is keyed by.
+
+    Parameters
+    ----------
+    name : str
+        The built-in name, or the generic-format folder's name.
+    path : Path
+        The folder as found or given: what is loaded, and what error messages name.
+    folder : Path
+        The same folder, absolute and resolved: what prepared copies are keyed by.
+    files : tuple of Path
+        The raw files the loader reads, in a fixed order.
+    builtin : bool
+        Whether ``name`` is a built-in dataset (else a generic-format folder).
+    """
+
+    name: str
+    path: Path
+    folder: Path
+    files: tuple[Path, ...]
+    builtin: bool
+
+
+def resolve_dataset(
     name_or_path: str | Path, data_dir: str | Path | None = None, *, download: bool = True
-) -> RecDataset:
-    """Load a built-in dataset by name, or a generic-format folder by path."""
+) -> DatasetSource:
+    """Find the raw files of a built-in dataset by name, or of a generic-format folder.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        When the name is no built-in dataset and no existing folder, or its files are missing.
+    """
     name = str(name_or_path)
     if name in DATASETS:
-        return DATASETS[name].loader(locate(name, data_dir, download=download))
+        # resolve(): one folder reached through two relative paths or a link is one dataset.
+        found = locate(name, data_dir, download=download)
+        folder = found.resolve()
+        files = tuple(folder / f for f in DATASETS[name].required_files)
+        return DatasetSource(name, found, folder, files, builtin=True)
     path = Path(name).expanduser()
     if path.is_dir():
-        return load_generic(path)
+        folder = path.resolve()
+        files = tuple(source_files(folder))
+        return DatasetSource(folder.name, path, folder, files, builtin=False)
     known = ", ".join(DATASETS)
     raise DatasetNotFoundError(
         f"{name!r} is neither a dataset name ({known}) nor an existing folder"
+    )
+
+
+def load_source(source: DatasetSource, *, encoding: str | None = None) -> RecDataset:
+    """Load the dataset found by :func:`resolve_dataset`.
+
+    ``encoding`` overrides a generic folder's text encoding; built-in datasets have fixed
+    encodings, so passing one for them is an error rather than silently ignored.
+    """
+    if source.builtin:
+        if encoding is not None:
+            raise FedLLMRecError(
+                f"an encoding applies only to generic-format folders; {source.name} is "
+                "built in and read with its own encodings (drop --encoding)"
+            )
+        return DATASETS[source.name].loader(source.path)
+    return load_generic(source.path, encoding=encoding)
+
+
+def load_dataset(
+    name_or_path: str | Path,
+    data_dir: str | Path | None = None,
+    *,
+    download: bool = True,
+    encoding: str | None = None,
+) -> RecDataset:
+    """Load a built-in dataset by name, or a generic-format folder by path.
+
+    ``encoding`` sets a generic folder's text encoding (over its ``dataset.json``).
+    """
+    return load_source(
+        resolve_dataset(name_or_path, data_dir, download=download), encoding=encoding
     )

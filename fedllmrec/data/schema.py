@@ -194,11 +194,31 @@ class RecDataset:
         )
 
 
-def _dense_ids(raw_ids: Sequence[str], what: str, source: str) -> dict[str, int]:
+def dense_ids(
+    raw_ids: Sequence[str], what: str, source: str, table: Mapping[str, Any]
+) -> dict[str, int]:
+    """Dense id of each raw id, in order; a duplicate is an error at its own line.
+
+    ``table`` may hold ``_line`` (source line of each row) and ``_source`` (source file
+    of each row, for catalogues read from several files).
+    """
+    lines, sources = table.get("_line"), table.get("_source")
     mapping: dict[str, int] = {}
     for i, rid in enumerate(raw_ids):
-        if rid in mapping:
-            raise DataFormatError(source, f"duplicate {what} id {rid!r}", field=f"{what}_id")
+        first = mapping.get(rid)
+        if first is not None:
+            earlier = ""
+            if lines is not None:
+                earlier = f" (first on line {int(lines[first])}"
+                if sources is not None and sources[first] != sources[i]:
+                    earlier += f" of {sources[first]}"
+                earlier += ")"
+            raise DataFormatError(
+                source if sources is None else sources[i],
+                f"duplicate {what} id {rid!r}{earlier}",
+                line=None if lines is None else int(lines[i]),
+                field=f"{what}_id",
+            )
         mapping[rid] = i
     return mapping
 
@@ -214,6 +234,7 @@ def build_dataset(
     private_attributes: Sequence[str] = (),
     interactions_source: str = "<interactions>",
     items_source: str = "<items>",
+    users_source: str = "<users>",
     meta: Mapping[str, Any] | None = None,
 ) -> RecDataset:
     """Map raw ids to dense ids, sort interactions canonically and check consistency.
@@ -227,10 +248,11 @@ def build_dataset(
         in source-file order: that order breaks timestamp ties.
     items : mapping
         ``item_id`` and ``domain``; optional ``title``, ``category``, ``brand``
-        and extra columns. Catalogue order defines the dense item ids.
+        and extra columns. Catalogue order defines the dense item ids. Optional
+        ``_line`` and ``_source`` (line and file of each row) locate duplicate ids.
     users : mapping, optional
-        ``user_id`` plus attribute columns. When absent, users are the distinct
-        interaction users in order of first appearance.
+        ``user_id`` plus attribute columns (and optional ``_line``). When absent,
+        users are the distinct interaction users in order of first appearance.
 
     Raises
     ------
@@ -243,14 +265,14 @@ def build_dataset(
         raise DataFormatError(interactions_source, "dataset has no interactions")
     lines = interactions.get("_line")
     item_ids = [str(x) for x in items["item_id"]]
-    item_index = _dense_ids(item_ids, "item", items_source)
+    item_index = dense_ids(item_ids, "item", items_source, items)
     inter_users = [str(x) for x in interactions["user_id"]]
     inter_items = [str(x) for x in interactions["item_id"]]
 
     if users is None:
         users = {"user_id": list(dict.fromkeys(inter_users))}
     user_ids = [str(x) for x in users["user_id"]]
-    user_index = _dense_ids(user_ids, "user", "<users>")
+    user_index = dense_ids(user_ids, "user", users_source, users)
 
     def _lookup(raw: list[str], index: dict[str, int], what: str) -> np.ndarray:
         out = np.empty(len(raw), dtype=np.int32)

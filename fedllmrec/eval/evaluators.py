@@ -15,7 +15,7 @@ from typing import Any, Protocol, cast
 
 import numpy as np
 
-from fedllmrec.data.prepare import SAMPLED_NEGATIVES, Prepared
+from fedllmrec.data.prepare import Prepared
 from fedllmrec.data.split import UserItemSet
 from fedllmrec.errors import FedLLMRecError
 from fedllmrec.eval.metrics import TiePolicy, click_metrics
@@ -53,12 +53,15 @@ class RankingEvaluator:
         Full ranking over the domain's items, and/or 1 + ``n_negatives`` sampled.
     ks : sequence of int
         Cut-offs of HR@k and NDCG@k.
+    n_negatives : int, optional
+        Negatives per sampled list; default every saved one (99 unless the data was
+        prepared with another ``negatives``). More than were saved is an error.
     """
 
     prepared: Prepared
     modes: Sequence[Mode] = ("full", "sampled")
     ks: Sequence[int] = (10,)
-    n_negatives: int = SAMPLED_NEGATIVES
+    n_negatives: int | None = None
     ties: TiePolicy = "expected"
     batch_size: int = 256
     cold_start: bool = False  # also "cold/..." keys: held-out items never seen in training
@@ -67,6 +70,9 @@ class RankingEvaluator:
         for mode in self.modes:
             if mode not in ("full", "sampled"):
                 raise ValueError(f"mode must be 'full' or 'sampled', not {mode!r}")
+        if "sampled" in self.modes:
+            # Fail when the recipe is built, not after training: too few saved negatives.
+            self.prepared.sampled("test", self.n_negatives)
 
     def __call__(self, model: Scorer, role: str) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -6,8 +6,10 @@ Two modes over the held-out interaction of each (user, domain):
     the positive against every item of its domain that occurs in the data,
     minus every other item the user interacted with in any split;
 ``sampled``
-    the positive against the saved negatives (99 by default; 19 for LLM
-    ranking), which exclude every item the user ever touched.
+    the positive against the saved negatives (all of them by default: 99 unless
+    the dataset was prepared with another ``n_negatives``; 19 for LLM ranking),
+    which exclude every item the user ever touched. A dataset prepared with no
+    negatives has only the full mode.
 
 Ties are scored by their expectation under random tie-breaking
 (:mod:`fedllmrec.eval.metrics`), so a constant scorer gets chance, not a
@@ -21,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fedllmrec.data.prepare import SAMPLED_NEGATIVES, Prepared
+from fedllmrec.data.prepare import Prepared
 from fedllmrec.data.split import TRAIN
 from fedllmrec.eval.metrics import TiePolicy, rank_counts, ranking_metrics
 from fedllmrec.models.base import Recommender
@@ -42,11 +44,11 @@ def _counts_sampled(
     model: Recommender,
     prepared: Prepared,
     role: str,
-    n_negatives: int,
+    n_negatives: int | None,
     batch_size: int,
     cold_only: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    cands = prepared.sampled(role, n_negatives)
+    cands = prepared.sampled(role, n_negatives)  # explains itself when there are too few
     users, items, domains = cands.user, cands.items, cands.domain
     if cold_only:
         keep = cold_items(prepared)[items[:, 0]]  # column 0 holds the positive
@@ -96,7 +98,7 @@ def evaluate_ranking(
     *,
     role: str = "test",
     mode: Mode = "sampled",
-    n_negatives: int = SAMPLED_NEGATIVES,
+    n_negatives: int | None = None,
     ks: Sequence[int] = (10,),
     ties: TiePolicy = "expected",
     batch_size: int = 256,
@@ -105,7 +107,13 @@ def evaluate_ranking(
     """Evaluate a fitted model on the held-out ``role`` interactions.
 
     With ``cold_only``, only the held-out interactions whose item never occurs in
-    training are scored (the cold-start check); candidates are unchanged.
+    training are scored (the cold-start check); candidates are unchanged. In the
+    sampled mode ``n_negatives`` (default: every saved one) sets the list length.
+
+    Raises
+    ------
+    FedLLMRecError
+        In the sampled mode, when fewer than ``n_negatives`` negatives were saved, or none.
 
     Returns
     -------
@@ -114,6 +122,7 @@ def evaluate_ranking(
         where metrics hold HR@k, NDCG@k and MRR (means over rows).
     """
     if mode == "sampled":
+        n_negatives = prepared.sampled(role, n_negatives).n_negatives
         greater, tied, domains = _counts_sampled(
             model, prepared, role, n_negatives, batch_size, cold_only
         )

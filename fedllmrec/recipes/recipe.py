@@ -37,7 +37,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from rich.console import Console
 
-from fedllmrec.data.prepare import Prepared, prepare
+from fedllmrec.data.prepare import SAMPLED_NEGATIVES, Prepared, prepare
 from fedllmrec.data.split import SplitConfig
 from fedllmrec.errors import FedLLMRecError, RecipeError
 from fedllmrec.federated.simulator import FederatedRecommender, FederationConfig
@@ -65,12 +65,15 @@ class DataRecipe:
         Seed of the saved evaluation candidates.
     split : SplitConfig
         Filtering and split options.
+    negatives : int
+        Sampled negatives per held-out interaction (0: none, full-ranking evaluation only).
     """
 
     name: str
     data_dir: str | None = None
     seed: int = 0
     split: SplitConfig = field(default_factory=SplitConfig)
+    negatives: int = SAMPLED_NEGATIVES
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,13 @@ class Recipe:
     def prepare(self) -> Prepared:
         """Split the dataset and draw its candidates, or reuse the cached copy."""
         data = self.data
-        return prepare(data.name, data_dir=data.data_dir, config=data.split, seed=data.seed)
+        return prepare(
+            data.name,
+            data_dir=data.data_dir,
+            config=data.split,
+            seed=data.seed,
+            n_negatives=data.negatives,
+        )
 
     def build_model(self, prepared: Prepared) -> Model:
         model = MODEL_BUILDERS[self.model_kind](self.model_options, prepared)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,34 @@ from fedllmrec.data.schema import RecDataset
 from fedllmrec.semantics.encoder import EncoderConfig, ItemEncoder
 from fedllmrec.semantics.templates import ItemTextTemplate, load_template
 
+log = logging.getLogger(__name__)
+EMPTY_EXAMPLES = 5  # item ids quoted in the empty-text warning
+
 
 def item_texts(
     dataset: RecDataset, template: ItemTextTemplate | str | Path | None = None
 ) -> list[str]:
-    """Texts of every item of ``dataset`` (all domains), in item-id order."""
+    """Texts of every item of ``dataset`` (all domains), in item-id order.
+
+    Logs a warning naming how many items have an empty text, with a few of their ids:
+    the encoder gives all of them one identical vector.
+    """
     if not isinstance(template, ItemTextTemplate):
         template = load_template(dataset.name, template)
-    return template.render_table(dataset.items)
+    texts = template.render_table(dataset.items)
+    empty = [i for i, text in enumerate(texts) if not text.strip()]
+    if empty:
+        ids = dataset.items.column("item_id").take(empty[:EMPTY_EXAMPLES]).to_pylist()
+        log.warning(
+            "%s: %d of %d items have an empty text under template fields %s "
+            "(e.g. item_id %s) and will all get the same embedding",
+            dataset.name,
+            len(empty),
+            len(texts),
+            list(template.fields),
+            ", ".join(map(repr, ids)) + (", ..." if len(empty) > EMPTY_EXAMPLES else ""),
+        )
+    return texts
 
 
 def embed_items(
