@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +27,12 @@ from fedllmrec.data.registry import DATASETS
 from fedllmrec.data.split import Split, SplitConfig, UserItemSet
 from fedllmrec.errors import FedLLMRecError, RecipeError
 from fedllmrec.eval import evaluate_ranking
+from fedllmrec.eval.evaluators import RankingEvaluator
 from fedllmrec.models import ItemKNN, Popularity
 from fedllmrec.models.sequential import SequentialRecommender, SequentialTrainConfig
-from fedllmrec.train import (
-    RankingEvaluator,
-    Trainable,
-    Trainer,
-    TrainerConfig,
-    load_recipe,
-    run_recipe,
-)
+from fedllmrec.recipes import load_recipe, run_recipe
+from fedllmrec.train import Trainable, Trainer, TrainerConfig
+from fedllmrec.train.trainer import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.toml"))
@@ -68,12 +72,12 @@ def without_timing(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def short_history(data_root: Path, ml100k_prepared: Prepared) -> Prepared:
+def short_history(ml100k_root: Path, ml100k_prepared: Prepared) -> Prepared:
     """ml-100k cut to each user's last 20 interactions: epochs 5x cheaper than the full data.
 
     Prepared into the (test-session) cache, where ``--set data.split.max_history=20`` finds it.
     """
-    return prepare("ml-100k", data_dir=data_root, config=SplitConfig(max_history=SHORT))
+    return prepare("ml-100k", data_dir=ml100k_root, config=SplitConfig(max_history=SHORT))
 
 
 @pytest.fixture(scope="module")
@@ -186,10 +190,11 @@ def test_monitor_typo_fails_before_training(ml100k_prepared: Prepared, tmp_path:
 def test_sasrec_stops_when_validation_stops_improving(
     short_history: Prepared, tmp_path: Path
 ) -> None:
-    # lr 0: the weights never change, so epoch 2 cannot beat epoch 1.
+    # lr 1e-30 (0 is refused): steps vanish below float32 resolution, so the scores and
+    # validation metrics stay as they are and epoch 2 cannot beat epoch 1.
     config = TrainerConfig(max_epochs=10, eval_every=1, patience=1)
     evaluator = full_rank(short_history)
-    metrics = Trainer(config, quiet=True).run(small(lr=0.0), short_history, evaluator, tmp_path)
+    metrics = Trainer(config, quiet=True).run(small(lr=1e-30), short_history, evaluator, tmp_path)
     assert (metrics["best_epoch"], metrics["stopped_epoch"]) == (1, 2)
     assert metrics["early_stopped"]
 
@@ -239,6 +244,76 @@ def test_training_is_deterministic(
     first = {k: v for k, v in uninterrupted[1].items() if k != "config"}
     assert without_timing(again) == without_timing(first)
     assert not (tmp_path / "last.pt").exists() and (tmp_path / "metrics.json").is_file()
+
+
+# ------------------------------------------------------------ checkpoint digests
+
+
+def flip_middle(path: Path, count: int = 20_000) -> None:
+    """Invert ``count`` bytes in the middle of the largest tensor's data in ``path``.
+
+    Same size, every zip header intact: ``torch.load`` reads it without complaint.
+    """
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        member = max(archive.infolist(), key=lambda info: info.file_size)
+    # The data follows the 30-byte local header, the name and the extra field (alignment).
+    name_len, extra_len = struct.unpack_from("<HH", data, member.header_offset + 26)
+    start = member.header_offset + 30 + name_len + extra_len
+    count = min(count, member.file_size // 2)
+    start += member.file_size // 2 - count // 2
+    data[start : start + count] = bytes(b ^ 0xFF for b in data[start : start + count])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damaged", [None, "best.pt", "last.pt"])
+def test_damaged_checkpoint_is_refused_naming_it(
+    damaged: str | None,
+    ml100k_prepared: Prepared,
+    uninterrupted: tuple[Path, dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], run)
+    if damaged is None:
+        # Untouched, a finished run resumes and re-scores test from best.pt as before.
+        again = train_small(ml100k_prepared, run, 2)
+        assert without_timing(again) == without_timing(uninterrupted[1])
+        return
+    flip_middle(run / damaged)
+    # What used to happen: the damaged weights load silently.
+    assert torch.load(run / damaged, weights_only=True)["model"]
+    with pytest.raises(FedLLMRecError) as caught:
+        train_small(ml100k_prepared, run, 2)
+    message = str(caught.value)
+    assert message.startswith(f"{run / damaged}: checkpoint is damaged (sha256 ")
+    assert "\n" not in message
+
+
+def test_checkpoint_digest_round_trip_and_unsigned_files(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    obj = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "trainer": {"epoch": 3}}
+    save_checkpoint(path, obj)
+    loaded = load_checkpoint(path)
+    torch.testing.assert_close(loaded["model"]["w"], obj["model"]["w"])
+    assert loaded["trainer"] == {"epoch": 3}
+    # Still a plain torch zip: other tools read it without fedllmrec.
+    assert torch.load(path, weights_only=True)["trainer"] == {"epoch": 3}
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left beside it
+
+    signed = path.read_bytes()
+    path.write_bytes(signed[:-1] + (b"0" if signed[-1:] != b"0" else b"1"))  # the digest itself
+    with pytest.raises(FedLLMRecError, match=r"ckpt\.pt: checkpoint is damaged"):
+        load_checkpoint(path)
+
+    torch.save(obj, path)  # as checkpoints were written before they carried a digest
+    with pytest.raises(FedLLMRecError, match=r"ckpt\.pt: checkpoint carries no fedllmrec digest"):
+        load_checkpoint(path)
+    path.write_bytes(signed[: len(signed) // 2])  # truncated: the digest is gone too
+    with pytest.raises(FedLLMRecError, match="carries no fedllmrec digest"):
+        load_checkpoint(path)
+    with pytest.raises(FedLLMRecError, match=r"missing\.pt: cannot read checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
 
 
 # ------------------------------------------------------------ recipes
@@ -339,10 +414,10 @@ def test_unknown_key_in_file_names_file_and_key(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("name", "model_type"), [("popularity", Popularity), ("itemknn", ItemKNN)])
 def test_fit_once_models(
-    name: str, model_type: type, ml100k_prepared: Prepared, data_root: Path, tmp_path: Path
+    name: str, model_type: type, ml100k_prepared: Prepared, ml100k_root: Path, tmp_path: Path
 ) -> None:
     recipe = load_recipe(REPO / "recipes" / f"{name}-ml100k.toml")
-    metrics = run_recipe(recipe, tmp_path, data_dir=data_root, quiet=True)
+    metrics = run_recipe(recipe, tmp_path, data_dir=ml100k_root, quiet=True)
     assert (metrics["best_epoch"], metrics["stopped_epoch"]) == (0, 0)
     assert metrics["history"][0]["loss"] is None
     model = recipe.build_model(ml100k_prepared)
@@ -356,10 +431,12 @@ def test_fit_once_models(
 # ------------------------------------------------------------ CLI
 
 
-def test_cli_train_writes_metrics(short_history: Prepared, data_root: Path, tmp_path: Path) -> None:
+def test_cli_train_writes_metrics(
+    short_history: Prepared, ml100k_root: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "run"
     args = ["train", str(REPO / "recipes" / "sasrec-ml100k.toml"), "--out", str(out)]
-    args += ["--data-dir", str(data_root), "--quiet", "--threads", "1"]
+    args += ["--data-dir", str(ml100k_root), "--quiet", "--threads", "1"]
     for override in (
         "model.max_len=20",
         "model.dim=32",
@@ -386,3 +463,97 @@ def test_cli_train_writes_metrics(short_history: Prepared, data_root: Path, tmp_
 
     bad = CliRunner().invoke(app, [*args[:4], "--set", "model.dimm=1", "--quiet"])
     assert isinstance(bad.exception, RecipeError) and "model.dimm" in str(bad.exception)
+
+
+# ------------------------------------------------------------ killed mid-run
+
+KILL_EPOCHS = 6
+
+
+def train_command(out: Path, data_dir: Path) -> list[str]:
+    """``python -m fedllmrec train`` on SASRec ml-100k, sized so an epoch takes ~0.5 s."""
+    recipe = REPO / "recipes" / "sasrec-ml100k.toml"
+    command = [sys.executable, "-m", "fedllmrec", "train", str(recipe)]
+    command += ["--out", str(out), "--data-dir", str(data_dir), "--quiet", "--threads", "1"]
+    for override in (
+        "model.max_len=20",
+        "model.dim=32",
+        f"data.split.max_history={SHORT}",
+        f"trainer.max_epochs={KILL_EPOCHS}",
+        "trainer.eval_every=1",
+        "trainer.patience=0",  # never stop early: every epoch up to the last is trained
+    ):
+        command += ["--set", override]
+    return command
+
+
+def run_to_end(command: list[str], log: Path) -> None:
+    with open(log, "w") as stderr:
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=stderr, timeout=120)
+    assert done.returncode == 0, log.read_text()
+
+
+@pytest.fixture(scope="module")
+def cli_uninterrupted(
+    short_history: Prepared, ml100k_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, Any]]:
+    """A whole run of :func:`train_command`, in its own process (short_history: prepared)."""
+    out = tmp_path_factory.mktemp("cli-uninterrupted") / "run"
+    run_to_end(train_command(out, ml100k_root), out.parent / "stderr.txt")
+    return out, json.loads((out / "metrics.json").read_text())
+
+
+def test_run_killed_mid_training_resumes_to_the_same_metrics(
+    cli_uninterrupted: tuple[Path, dict[str, Any]], ml100k_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    command = train_command(out, ml100k_root)
+    log = tmp_path / "killed-stderr.txt"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 90
+        while not (out / "last.pt").is_file():
+            assert proc.poll() is None, f"exited {proc.returncode} first: {log.read_text()}"
+            assert time.monotonic() < deadline, "no checkpoint after 90 s"
+            time.sleep(0.02)
+        time.sleep(0.2)  # into the next epoch: killed between checkpoints, not on one
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert not (out / "metrics.json").exists()
+    killed_at = load_checkpoint(out / "last.pt")["trainer"]["epoch"]
+    assert 1 <= killed_at < KILL_EPOCHS
+
+    run_to_end(command, tmp_path / "resumed-stderr.txt")
+    resumed = json.loads((out / "metrics.json").read_text())
+    whole = cli_uninterrupted[1]
+    assert [row["epoch"] for row in resumed["history"]] == list(range(1, KILL_EPOCHS + 1))
+    assert [row["loss"] for row in resumed["history"]] == [row["loss"] for row in whole["history"]]
+    assert (resumed["best_epoch"], resumed["valid"], resumed["test"]) == (
+        whole["best_epoch"],
+        whole["valid"],
+        whole["test"],
+    )
+    assert without_timing(resumed) == without_timing(whole)
+
+
+def test_cli_refuses_a_damaged_best_checkpoint_in_one_line(
+    cli_uninterrupted: tuple[Path, dict[str, Any]], ml100k_root: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(cli_uninterrupted[0], out)
+    flip_middle(out / "best.pt")
+    before = (out / "metrics.json").read_bytes()
+    done = subprocess.run(
+        train_command(out, ml100k_root), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: {out / 'best.pt'}: checkpoint is damaged (sha256 "), lines
+    assert (out / "metrics.json").read_bytes() == before  # refused before anything was rewritten

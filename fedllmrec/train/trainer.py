@@ -10,6 +10,10 @@ A run writes into one folder::
 Running again into a folder that holds ``last.pt`` resumes from it, and reaches
 exactly the metrics an uninterrupted run would: the model's state dict carries
 its optimiser and RNG states, and evaluations happen on a fixed epoch grid.
+
+Checkpoints are ``torch.save`` zip archives whose zip comment holds the SHA-256 of
+everything before it (:func:`save_checkpoint`); :func:`load_checkpoint` checks it,
+so a damaged file is refused instead of resuming or testing wrong weights.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as dt
+import hashlib
+import io
 import json
 import math
 import os
@@ -43,9 +49,9 @@ from rich.progress import (
 from fedllmrec.data.prepare import Prepared
 from fedllmrec.data.split import Split, UserItemSet
 from fedllmrec.errors import FedLLMRecError
+from fedllmrec.eval.evaluators import LOWER_IS_BETTER, Evaluator
 from fedllmrec.io import atomic_path, atomic_write_json
 from fedllmrec.models.base import Recommender
-from fedllmrec.eval.evaluators import LOWER_IS_BETTER, Evaluator
 
 LAST, BEST, METRICS, CURVE = "last.pt", "best.pt", "metrics.json", "curve.png"
 
@@ -65,10 +71,14 @@ class Trainable(Protocol):
 
     ``state_dict`` must hold everything needed to continue bit-for-bit (weights,
     optimiser, RNG states, ``losses``), as tensors and plain Python containers
-    and scalars: checkpoints are read back with ``torch.load(weights_only=True)``.
+    and scalars: checkpoints are read back with ``torch.load(weights_only=True)``
+    (by :func:`load_checkpoint`, after their digest is checked).
     """
 
-    losses: list[float]
+    @property
+    def losses(self) -> list[float]:
+        """Each epoch's training loss so far."""
+        ...
 
     def setup(self, split: Split) -> Self:
         """Build a fresh, seeded model, optimiser and training data; no training."""
@@ -217,10 +227,13 @@ class Trainer:
         model.setup(prepared.split)
         state = _State()
         if self.config.checkpoint and (out / LAST).is_file():
-            ckpt = _load(out / LAST)
+            ckpt = load_checkpoint(out / LAST)
             _check_same_run(out / LAST, ckpt["config"], run_record)
             model.load_state_dict(ckpt["model"])
             state = _State(**ckpt["trainer"])
+            if state.best_value is not None:
+                # Fail now, not after the remaining epochs, if the best model is unreadable.
+                _verified_bytes(out / BEST)
         best_in_memory: dict[str, Any] | None = None
 
         with self._progress() as progress:
@@ -253,7 +266,9 @@ class Trainer:
                         )
                         state.bad_evals = 0
                         if self.config.checkpoint:
-                            _save(out / BEST, {"model": model.state_dict(), "epoch": state.epoch})
+                            save_checkpoint(
+                                out / BEST, {"model": model.state_dict(), "epoch": state.epoch}
+                            )
                         else:
                             # state_dict() shares storage with the live weights: copy it.
                             best_in_memory = copy.deepcopy(model.state_dict())
@@ -276,7 +291,7 @@ class Trainer:
             state.best_valid = evaluator(model, "valid")
             state.best_epoch = state.epoch
         elif self.config.checkpoint:
-            model.load_state_dict(_load(out / BEST)["model"])
+            model.load_state_dict(load_checkpoint(out / BEST)["model"])
         elif best_in_memory is not None:
             model.load_state_dict(best_in_memory)
         test = evaluator(model, "test")
@@ -356,7 +371,7 @@ class Trainer:
         self, out: Path, model: Trainable, state: _State, record: dict[str, Any]
     ) -> None:
         if self.config.checkpoint:
-            _save(
+            save_checkpoint(
                 out / LAST,
                 {"model": model.state_dict(), "trainer": asdict(state), "config": record},
             )
@@ -399,18 +414,93 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _save(path: Path, obj: dict[str, Any]) -> None:
-    # Written beside the target and renamed: a crash never leaves a torn checkpoint.
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+# The zip comment of a checkpoint: this prefix, then the hex SHA-256 of the bytes before it.
+_DIGEST_PREFIX = b"fedllmrec-sha256:"
+_DIGEST_LEN = len(_DIGEST_PREFIX) + 64
+# The zip end-of-central-directory record: 22 bytes, ending in the comment's length.
+_EOCD_SIGNATURE, _EOCD_LEN = b"PK\x05\x06", 22
 
 
-def _load(path: Path) -> dict[str, Any]:
+def save_checkpoint(path: str | Path, obj: dict[str, Any]) -> None:
+    """Write ``obj`` with ``torch.save``, its SHA-256 in the zip comment, atomically.
+
+    The file stays a plain zip archive that ``torch.load`` reads as is; the digest
+    covers every byte before it, comment length included.
+
+    Parameters
+    ----------
+    path : path
+        Target file, replaced whole: a crash leaves the old file or the new one.
+    obj : dict
+        Tensors and plain Python containers and scalars (read back weights-only).
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    body = bytearray(buffer.getbuffer())
+    eocd = body[-_EOCD_LEN:]
+    if eocd[:4] != _EOCD_SIGNATURE or eocd[-2:] != b"\0\0":
+        raise FedLLMRecError(f"{path}: torch.save wrote no bare zip end record; cannot sign it")
+    body[-2:] = _DIGEST_LEN.to_bytes(2, "little")
+    comment = _DIGEST_PREFIX + hashlib.sha256(body).hexdigest().encode("ascii")
+    # Digest and data land in one file with one rename: no window where they disagree.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(body)
+        fh.write(comment)
+        fh.flush()
+        # Durable before the rename, so a power cut cannot leave a renamed empty file.
+        os.fsync(fh.fileno())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, checking its SHA-256 first.
+
+    Parameters
+    ----------
+    path : path
+        A ``last.pt`` or ``best.pt``.
+
+    Returns
+    -------
+    dict
+        The saved object, tensors on the CPU.
+
+    Raises
+    ------
+    FedLLMRecError
+        One line naming ``path``: unreadable, without a digest (damaged, or written
+        before checkpoints carried one), digest mismatch, or not a weights-only pickle.
+    """
+    path = Path(path)
+    data = _verified_bytes(path)
     try:
-        obj: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        obj: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:
-        raise FedLLMRecError(f"{path}: cannot read checkpoint ({err})") from err
+        reason = " ".join(str(err).split())  # torch's messages span lines; keep the error one line
+        raise FedLLMRecError(f"{path}: cannot read checkpoint ({reason})") from err
     return obj
+
+
+def _verified_bytes(path: Path) -> bytes:
+    """The bytes of checkpoint ``path`` once its digest matches; else a one-line error."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise FedLLMRecError(f"{path}: cannot read checkpoint ({err.strerror or err})") from err
+    body, comment = data[:-_DIGEST_LEN], data[-_DIGEST_LEN:]
+    if len(data) < _EOCD_LEN + _DIGEST_LEN or not comment.startswith(_DIGEST_PREFIX):
+        # A damaged comment and an unsigned file look alike: neither is trusted.
+        raise FedLLMRecError(
+            f"{path}: checkpoint carries no fedllmrec digest (damaged, or written before "
+            "checkpoints were signed); use another output folder or delete this one to start over"
+        )
+    expected = comment[len(_DIGEST_PREFIX) :].decode("ascii", errors="replace")
+    actual = hashlib.sha256(body).hexdigest()
+    if actual != expected:
+        raise FedLLMRecError(
+            f"{path}: checkpoint is damaged (sha256 {actual[:12]}..., recorded "
+            f"{expected[:12]}...); use another output folder or delete this one to start over"
+        )
+    return data
 
 
 def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
