@@ -31,6 +31,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check fedllmrec tests scripts
 	$(BIN)/ruff format --check fedllmrec tests scripts
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy fedllmrec

@@ -49,3 +49,23 @@ class RecipeError(FedLLMRecError, ValueError):
         self.problem = problem
         what = problem if key is None else f"key '{key}': {problem}"
         super().__init__(f"{self.path}: {what}")
+
+
+class OptionError(FedLLMRecError, ValueError):
+    """A configuration value out of range, located by its owner and field.
+
+    The message is one line: ``Owner.field must be <expected>, got <value>``. The recipe
+    loader turns it into a :class:`RecipeError` at the dotted key of ``field``.
+    """
+
+    def __init__(self, owner: str, field: str, expected: str, value: object) -> None:
+        self.owner, self.field = owner, field
+        self.problem = f"must be {expected}, got {value!r}"
+        super().__init__(f"{owner}.{field} {self.problem}")
+
+
+def check_option(owner: str, field: str, ok: bool, expected: str, value: object) -> None:
+    """Raise :class:`OptionError` unless ``ok`` (write range tests as ``not (...)``-safe
+    comparisons so that NaN fails them)."""
+    if not ok:
+        raise OptionError(owner, field, expected, value)

@@ -84,7 +84,7 @@ def main() -> None:
     )
     warm_encoder = ItemEncoder(EncoderConfig(progress=False))
     warm, warm_s = timed(lambda: warm_encoder.encode(texts))
-    assert warm_encoder._model is None, "a warm run must not load the model"
+    assert not warm_encoder.loaded, "a warm run must not load the model"
     assert np.array_equal(warm, cold), "cached vectors must equal the ones just embedded"
     plain_unit = plain / np.linalg.norm(plain, axis=1, keepdims=True)
     agreement = float((plain_unit * cold).sum(axis=1).min())

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from benchlib import machine, set_up_recipe
 
+from fedllmrec.eval.evaluators import Evaluator
 from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.io import atomic_write_json
 from fedllmrec.runtime import keep_freed_memory
-from fedllmrec.eval.evaluators import Evaluator
 
 
 def main() -> None:
@@ -115,10 +115,10 @@ def arithmetic_floor(fed: FederatedRecommender, evaluator: Evaluator) -> dict[st
 
     from fedllmrec.models.sasrec import trim_left_padding
 
-    base, net = fed.base, fed.net
+    base, net = fed.recommender, fed.net
     tensors = base.training_tensors()
     size = fed.federation.local.batch_size
-    rows = np.concatenate([r[:size] if size else r for r in fed.client_rows])
+    rows = np.concatenate([r[:size] if size else r for r in fed.population.rows])
     lengths = (tensors["seq"][rows] != 0).sum(1).numpy()
     rows = rows[np.argsort(lengths, kind="stable")]  # similar lengths batch together
     gflop = {}
@@ -127,7 +127,7 @@ def arithmetic_floor(fed: FederatedRecommender, evaluator: Evaluator) -> dict[st
         with FlopCounterMode(display=False) as counter:
             for lo in range(0, rows.shape[0], 128):
                 batch = {k: v[rows[lo : lo + 128]] for k, v in tensors.items()}
-                out = base.batch_loss(trim_left_padding(batch) if cut else batch, load=fed.load)
+                out = base.batch_loss(trim_left_padding(batch) if cut else batch)
                 (out.task + out.aux).backward()
         net.zero_grad(set_to_none=True)
         gflop[name] = counter.get_total_flops() / 1e9

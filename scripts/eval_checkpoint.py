@@ -17,6 +17,7 @@ import torch
 from benchlib import set_up_recipe
 
 from fedllmrec.io import atomic_write_json
+from fedllmrec.train.trainer import load_checkpoint
 
 
 def main() -> None:
@@ -28,9 +29,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     _, _, evaluator, model = set_up_recipe(args.recipe, args.set)
-    best = torch.load(args.run_dir / "best.pt", weights_only=True)
+    best = load_checkpoint(args.run_dir / "best.pt")  # digest checked
     model.load_state_dict(best["model"])  # type: ignore[union-attr]
-    last = torch.load(args.run_dir / "last.pt", weights_only=True)["trainer"]
+    last = load_checkpoint(args.run_dir / "last.pt")["trainer"]
     out = {
         "best_epoch": best["epoch"],
         "valid": evaluator(model, "valid"),

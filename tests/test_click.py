@@ -13,6 +13,7 @@ import torch
 from fedllmrec.data.schema import RecDataset
 from fedllmrec.data.sequences import windows
 from fedllmrec.data.split import TEST, TRAIN, Split, leave_one_out
+from fedllmrec.eval.metrics import click_metrics
 from fedllmrec.models.click import ClickRecommender
 from fedllmrec.models.dropout import Dropout
 from fedllmrec.models.sequential import SequentialTrainConfig
@@ -89,17 +90,14 @@ def test_click_training_is_deterministic_and_learns(
         assert model.model is not None
         dropouts = [m for m in model.model.modules() if isinstance(m, Dropout)]
         assert dropouts and all(m.fast == fast_dropout for m in dropouts)
-        model._data, model._labels, model._users = (
-            model._data[:1500],
-            model._labels[:1500],
-            model._users[:1500],
-        )
+        model.set_training_tensors({k: v[:1500] for k, v in model.training_tensors().items()})
         model.train_epoch()
         model.train_epoch()
         runs.append(model)
     assert runs[0].losses == runs[1].losses
     assert runs[0].losses[1] < runs[0].losses[0]
-    metrics = runs[0].evaluate("valid")
+    probs, labels = runs[0].predict("valid")
+    metrics = click_metrics(labels, probs)
     assert metrics["rows"] == kuaisar_split.dataset.n_users
     assert 0.55 < metrics["AUC"] <= 1.0  # well above chance after two short epochs
     assert 0.0 < metrics["LogLoss"] < 0.75

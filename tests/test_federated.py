@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +14,31 @@ from torch import nn
 from fedllmrec.data.prepare import Prepared
 from fedllmrec.data.schema import RecDataset
 from fedllmrec.data.split import Split, leave_one_out
-from fedllmrec.federated.client import ClientUpload, LocalConfig, make_upload
+from fedllmrec.errors import FedLLMRecError
+from fedllmrec.eval.evaluators import RankingEvaluator
+from fedllmrec.eval.metrics import click_metrics
+from fedllmrec.federated.aggregation import RoundAggregator, aggregate, client_weights
+from fedllmrec.federated.config import FederationConfig, LocalConfig, StrategyConfig
+from fedllmrec.federated.fedopt import ServerOptimizer
 from fedllmrec.federated.ownership import Owner, OwnershipError, declared_ownership
-from fedllmrec.federated.server import stack_uploads
-from fedllmrec.federated.simulator import FederatedRecommender, FederationConfig
-from fedllmrec.federated.strategies import StrategyConfig, routing_load
+from fedllmrec.federated.round import routing_load
+from fedllmrec.federated.simulator import FederatedRecommender
+from fedllmrec.federated.uploads import (
+    ClientUpload,
+    Uploads,
+    UploadSum,
+    download_bytes,
+    upload_bytes,
+)
 from fedllmrec.models.click import ClickRecommender
 from fedllmrec.models.owners import Owner as ModelOwner
 from fedllmrec.models.sequential import SequentialRecommender
-from fedllmrec.eval.evaluators import RankingEvaluator
 from fedllmrec.train.trainer import Trainer, TrainerConfig
 
 torch.set_num_threads(1)
 
 USER_FEATURES = ["onehot_feat1", "onehot_feat2", "search_active_level", "reco_active_level"]
+ITEM_FEATURES = ["item_type", "first_level_category_name", "second_level_category_name"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +49,12 @@ def kuaisar_split(kuaisar: RecDataset) -> Split:
 def click_mrff(**federation: object) -> FederatedRecommender:
     """A small MRFF click model on real KuaiSAR-R clients (dropout 0: engines comparable)."""
     base = ClickRecommender(
-        architecture="mrff", dim=16, max_len=20, dropout=0.0, user_features=USER_FEATURES
+        architecture="mrff",
+        dim=16,
+        max_len=20,
+        dropout=0.0,
+        item_features=ITEM_FEATURES,
+        user_features=USER_FEATURES,
     )
     options: dict[str, object] = {"max_clients": 24, "chunk_windows": 16}
     options.update(federation)
@@ -46,6 +63,24 @@ def click_mrff(**federation: object) -> FederatedRecommender:
 
 def shared_state(fed: FederatedRecommender) -> dict[str, torch.Tensor]:
     return {name: t.detach().clone() for name, t in fed.shared_tensors().items()}
+
+
+def local_uploads(
+    fed: FederatedRecommender, positions: np.ndarray, sent: dict[str, torch.Tensor] | None = None
+) -> list[Uploads]:
+    """Round 1's local training of ``positions`` from ``sent``: what the seam emits, by chunk.
+
+    The clients keep their new private rows (written into ``fed``), as in a round.
+    """
+    parts: list[Uploads | UploadSum] = []
+    sent = shared_state(fed) if sent is None else sent
+    fed.local_training(positions, 1, sent, fed.server.load, parts.append)
+    assert all(isinstance(part, Uploads) for part in parts)
+    return [part for part in parts if isinstance(part, Uploads)]
+
+
+def concatenated(parts: list[Uploads], name: str) -> torch.Tensor:
+    return torch.cat([part.deltas[name] for part in parts])
 
 
 # ---------------------------------------------------------------- ownership
@@ -126,10 +161,10 @@ def test_an_upload_holds_no_private_byte(kuaisar_split: Split) -> None:
     fed = click_mrff(max_clients=4).setup(kuaisar_split)
     own = fed.ownership
     before = {n: t.clone() for n, t in fed.state_dict()["net"].items()}
-    server = shared_state(fed)
-    result = fed.train_chunk(np.arange(4), server, 1)
-    user = int(fed.clients[0])
-    upload = make_upload(user, int(fed.client_examples[0]), result, 0, own)
+    part = local_uploads(fed, np.arange(4))[0]
+    position = part.positions[:1]
+    user = int(fed.clients[position[0]])
+    upload = part.client(0, user, own)
     wire = upload.to_bytes()
     # Names: every global delta, and per group tensor exactly the routed group's slice.
     groups = [n for n in own.names(Owner.GROUP)]
@@ -138,9 +173,17 @@ def test_an_upload_holds_no_private_byte(kuaisar_split: Split) -> None:
     }
     assert set(upload.arrays) == expected
     assert set(ClientUpload.from_bytes(wire).arrays) == expected
+    # The seam's dense form is zero in every group slice the client was not routed to.
+    for name in groups:
+        routed = upload.routing[own[name].layer or 0]
+        others = [k for k in range(own[name].shape[0]) if k != routed]
+        assert not part.deltas[name][0, others].any()
     # Bytes: no 8-byte run of the client's private rows, before or after training, is sent.
+    after = fed.private_rows(position)
+    assert set(after) == set(own.private_parameters())
     private_rows = [before[n][user] for n in own.names(Owner.PRIVATE) if own[n].is_parameter]
-    private_rows += [result.private[n][0, 0] for n in result.private]
+    private_rows += [rows[0] for rows in after.values()]
+    assert any(not torch.equal(before[n][user], after[n][0]) for n in after)  # rows trained
     checked = 0
     for row in private_rows:
         for window in _windows(wire, row):
@@ -149,15 +192,10 @@ def test_an_upload_holds_no_private_byte(kuaisar_split: Split) -> None:
                 checked += 1
     assert checked > 1000
     # The check has teeth: a leaked private row is caught.
-    leaky = dataclasses.replace(
-        upload, arrays={**upload.arrays, "x": result.private["model.user_emb.weight"][0, 0]}
-    )
-    assert any(
-        w in leaky.to_bytes() for w in _windows(wire, result.private["model.user_emb.weight"][0, 0])
-    )
+    leaked = after["model.user_emb.weight"][0]
+    leaky = dataclasses.replace(upload, arrays={**upload.arrays, "x": leaked})
+    assert any(w in leaky.to_bytes() for w in _windows(wire, leaked))
     # And the size is what the round accounts for (payload + small header).
-    from fedllmrec.federated.client import upload_bytes
-
     assert upload_bytes(own) <= len(wire) < upload_bytes(own) + 16_384
 
 
@@ -171,7 +209,8 @@ def test_vmap_simulator_matches_the_per_client_loop(kuaisar_split: Split, steps:
         fed = click_mrff(engine=engine, local=LocalConfig(steps=steps, lr=0.01))
         fed.setup(kuaisar_split)
         losses = [fed.train_epoch() for _ in range(2)]
-        runs[engine] = (fed, losses, shared_state(fed), fed.evaluate("valid"))
+        probs, labels = fed.predict("valid")
+        runs[engine] = (fed, losses, shared_state(fed), click_metrics(labels, probs))
     vmapped, looped = runs["vmap"], runs["loop"]
     np.testing.assert_allclose(vmapped[1], looped[1], rtol=1e-5)
     for name, value in vmapped[2].items():
@@ -197,8 +236,9 @@ def test_linear_engine_matches_per_client_updates(
 ) -> None:
     """One local SGD step + mean: one backward of the weighted losses = per-client updates.
 
-    Click MRFF on KuaiSAR-R and next-item MRFF on ml-100k (clients with several windows),
-    FedAdam on the server, groups, the balance loss from round 2 and private rows.
+    Click MRFF on KuaiSAR-R (all windows, and one drawn window per client as the recipes
+    train) and next-item MRFF on ml-100k (clients with several windows), FedAdam on the
+    server, groups, the balance loss from round 2 and private rows.
     """
     local = LocalConfig(steps=1, lr=1.0, optimizer="sgd")
     # eps far above float noise: Adam's d / (|d| + eps) would magnify rounding of near-zero
@@ -209,8 +249,14 @@ def test_linear_engine_matches_per_client_updates(
         server_lr=0.01,
         server_eps=1e-3,
     )
+    one_window = dataclasses.replace(local, batch_size=1)  # the KuaiSAR recipes' draws
     cases = {
         "click": (kuaisar_split, lambda: click_mrff(local=local, strategy=strategy)),
+        # One drawn window per client and round: the linear engine's aligned-rows path.
+        "click, one window": (
+            kuaisar_split,
+            lambda: click_mrff(local=one_window, strategy=strategy),
+        ),
         "next-item": (
             ml100k_prepared.split,
             lambda: FederatedRecommender(
@@ -246,10 +292,8 @@ def test_linear_engine_needs_one_sgd_step_and_the_mean() -> None:
 def test_upload_path_aggregates_like_the_simulator(
     kuaisar_split: Split, server_optimizer: str
 ) -> None:
-    """Serialised per-client uploads, restacked (the Flower path), give the same tensors."""
-    from fedllmrec.federated.fedopt import ServerOptimizer
-    from fedllmrec.federated.server import MeanAccumulator, aggregate_round, stack_chunks
-
+    """Serialised per-client uploads, restacked (the Flower path), give the same tensors;
+    the streamed mean equals the textbook weighted mean; unrouted groups stay put."""
     fed = click_mrff(max_clients=6).setup(kuaisar_split)
     own = fed.ownership
     strategy = StrategyConfig(
@@ -260,37 +304,77 @@ def test_upload_path_aggregates_like_the_simulator(
         # the chunked and the stacked sums' rounding from flipping near-zero coordinates.
         server_eps=1e-3,
     )
-    server = shared_state(fed)
-    chunk = np.arange(6)
-    result = fed.train_chunk(chunk, server, 1)
-    n = torch.from_numpy(fed.client_examples[chunk]).double()
-    stacked = stack_chunks([result], n, own)
-    direct, _ = aggregate_round(server, stacked, own, strategy, ServerOptimizer(strategy))
-    uploads = [
-        ClientUpload.from_bytes(make_upload(i, int(n[i]), result, i, own).to_bytes())
-        for i in range(6)
-    ]
-    wired, updated = aggregate_round(
-        server, stack_uploads(uploads, own), own, strategy, ServerOptimizer(strategy)
-    )
-    for name in direct:
-        torch.testing.assert_close(direct[name], wired[name])
-    # The simulator's streaming mean, fed the clients in two chunks, agrees too.
-    halves = [np.arange(3), np.arange(3, 6)]
-    accumulator = MeanAccumulator(own, strategy)
-    for half in halves:
-        accumulator.add(fed.train_chunk(half, server, 1), torch.ones(3, dtype=torch.float64))
-    streamed, streamed_updated = accumulator.finish(server, ServerOptimizer(strategy))
-    assert streamed_updated == updated
-    for name in direct:
-        torch.testing.assert_close(streamed[name], direct[name], rtol=1e-5, atol=1e-7)
+    sent = shared_state(fed)
+    parts = local_uploads(fed, np.arange(6), sent)
+    assert len(parts) > 1, "several chunks: the mean streams"
+    direct = RoundAggregator(own, strategy)
+    wired = RoundAggregator(own, strategy)
+    for part in parts:
+        direct.add(part)
+        uploads = [
+            ClientUpload.from_bytes(part.client(i, int(p), own).to_bytes())
+            for i, p in enumerate(part.positions.tolist())
+        ]
+        wired.add(Uploads.stack(uploads, part.positions, own))
+    streamed, updated = direct.finish(sent, ServerOptimizer(strategy))
+    restacked, wired_updated = wired.finish(sent, ServerOptimizer(strategy))
+    assert wired_updated == updated
+    for name in streamed:
+        torch.testing.assert_close(restacked[name], streamed[name], rtol=0, atol=0)
+    # The streamed mean is the float64 weighted mean of every client's delta.
+    received = direct.received
+    weights = client_weights(received.n_examples, strategy.weighting)
+    optimizer = ServerOptimizer(strategy)
+    for name in own.names(Owner.GLOBAL):
+        expected = optimizer.step(
+            name, sent[name], aggregate(concatenated(parts, name), weights, strategy)
+        )
+        torch.testing.assert_close(streamed[name], expected, rtol=1e-5, atol=1e-7)
     # Group-wise: a group nobody was routed to is left exactly as it was.
     for name, changed in updated.items():
         for k, was_updated in enumerate(changed):
             if not was_updated:
-                assert torch.equal(wired[name][k], server[name][k])
-        routed = {u.routing[own[name].layer or 0] for u in uploads}
+                assert torch.equal(streamed[name][k], sent[name][k])
+        routed = set(received.routing[:, own[name].layer or 0].tolist())
         assert {k for k, c in enumerate(changed) if c} == routed
+
+
+def test_upload_transforms_see_every_upload_and_aggregation_sees_their_output(
+    kuaisar_split: Split,
+) -> None:
+    """The seam: transforms run in order on each chunk's uploads; a zeroing transform
+    leaves the shared model where it was (what aggregation saw was its output)."""
+    seen: list[tuple[str, list[int], int]] = []
+
+    def record(tag: str) -> Callable[[Uploads, int], Uploads]:
+        def transform(uploads: Uploads, round_: int) -> Uploads:
+            seen.append((tag, uploads.positions.tolist(), round_))
+            return uploads
+
+        return transform
+
+    def zero(uploads: Uploads, round_: int) -> Uploads:
+        deltas = {name: torch.zeros_like(d) for name, d in uploads.deltas.items()}
+        return dataclasses.replace(uploads, deltas=deltas)
+
+    fed = click_mrff(max_clients=8)
+    fed.transforms = (record("first"), zero, record("second"))
+    fed.setup(kuaisar_split)
+    before = shared_state(fed)
+    fed.train_epoch()
+    tags = [tag for tag, _, _ in seen]
+    assert tags == ["first", "second"] * (len(seen) // 2) and len(seen) >= 4
+    assert sorted(p for tag, ps, _ in seen if tag == "first" for p in ps) == list(range(8))
+    assert {round_ for _, _, round_ in seen} == {1}
+    for name, value in shared_state(fed).items():  # sgd: zero deltas move nothing
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+    # The fused engine emits the round's sum only: per-client transforms are refused.
+    fused = click_mrff(
+        max_clients=8, engine="linear", local=LocalConfig(steps=1, lr=1.0, optimizer="sgd")
+    )
+    fused.transforms = (zero,)
+    with pytest.raises(FedLLMRecError, match="need each client's upload"):
+        fused.setup(kuaisar_split)
 
 
 # ---------------------------------------------------------------- rounds
@@ -304,8 +388,6 @@ def test_sampling_dropout_and_private_state(kuaisar_split: Split) -> None:
     info = fed.epoch_info()
     assert info["participants"] == 12 and 0 < info["dropped"] < 12
     survivors = info["participants"] - info["dropped"]
-    from fedllmrec.federated.client import download_bytes, upload_bytes
-
     assert info["bytes_up"] == survivors * upload_bytes(fed.ownership)
     assert info["bytes_down"] == 12 * download_bytes(fed.ownership)
     after = fed.state_dict()["net"]
@@ -314,19 +396,17 @@ def test_sampling_dropout_and_private_state(kuaisar_split: Split) -> None:
     assert int(moved.sum()) == survivors
     assert set(np.flatnonzero(moved.numpy())) <= set(fed.clients.tolist())
     # MRFF's balance-loss load: round 0 has none, the next round uses this round's shares.
-    assert fed.load.shape == (2, 4)
-    assert fed.load.sum(1).tolist() == pytest.approx([1.0, 1.0])
+    assert fed.server.load.shape == (2, 4)
+    assert fed.server.load.sum(1).tolist() == pytest.approx([1.0, 1.0])
 
 
 def test_routing_load_feeds_the_next_round(kuaisar_split: Split) -> None:
     fed = click_mrff().setup(kuaisar_split)
-    assert torch.equal(fed.load, torch.zeros(2, 4))
-    server = shared_state(fed)
-    chunk = np.arange(24)
-    result = fed.train_chunk(chunk, server, 1)
+    assert torch.equal(fed.server.load, torch.zeros(2, 4))
+    routing = torch.cat([part.routing for part in local_uploads(fed, np.arange(24))])
     fed2 = click_mrff(chunk_windows=1000).setup(kuaisar_split)
     fed2.train_epoch()
-    torch.testing.assert_close(fed2.load, routing_load(result.routing, 4))
+    torch.testing.assert_close(fed2.server.load, routing_load(routing, 4))
 
 
 def test_fedprox_pulls_local_models_towards_the_global_one(kuaisar_split: Split) -> None:
@@ -335,8 +415,8 @@ def test_fedprox_pulls_local_models_towards_the_global_one(kuaisar_split: Split)
         strategy = StrategyConfig(proximal_mu=mu)
         fed = click_mrff(local=LocalConfig(steps=4, lr=0.05, optimizer="sgd"), strategy=strategy)
         fed.setup(kuaisar_split)
-        result = fed.train_chunk(np.arange(24), shared_state(fed), 1)
-        norms.append(sum(float(d.norm()) for d in result.shared_delta.values()))
+        parts = local_uploads(fed, np.arange(24))
+        norms.append(sum(float(concatenated(parts, name).norm()) for name in parts[0].deltas))
     assert norms[1] < 0.5 * norms[0]
 
 
@@ -387,8 +467,8 @@ def test_domain_clients_train_and_score_on_their_own_domain(art_office: RecDatas
     fed.setup(split)
     item_domain = art_office.item_domain
     assert fed.clients.tolist() == [0, 1]  # arts, office
-    seq = fed.base.training_tensors()["seq"]
-    for domain, rows in enumerate(fed.client_rows):
+    seq = fed.recommender.training_tensors()["seq"]
+    for domain, rows in enumerate(fed.population.rows):
         items = seq[torch.from_numpy(rows)]
         real = items[items != 0] - 1
         assert set(item_domain[real.numpy()].tolist()) == {domain}  # windows never mix domains
@@ -404,5 +484,5 @@ def test_domain_clients_train_and_score_on_their_own_domain(art_office: RecDatas
     keys = history.keys
     own = keys[item_domain[keys % history.n_items] == 0]
     arts_only = type(history)(own // history.n_items, own % history.n_items, history.n_items)
-    expected = fed.base.score(users, arts, arts_only)
+    expected = fed.recommender.score(users, arts, arts_only)
     np.testing.assert_allclose(fed.score(users, arts, history), expected, rtol=1e-6)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedllmrec.federated.fedopt import ServerOptimizer
-from fedllmrec.federated.strategies import StrategyConfig, apply_delta
+from fedllmrec.federated.config import StrategyConfig
+from fedllmrec.federated.fedopt import ServerOptimizer, apply_delta
 
 
 def test_sgd_is_the_fedavg_step() -> None:

@@ -132,7 +132,7 @@ def _train_one_step(prepared: Prepared, gate: str, alpha: float) -> tuple[dict, 
     assert rec.model is not None
     before = {n: p.detach().clone() for n, p in rec.model.named_parameters()}
     # One epoch on a 64-user slice of real ml-100k: one optimiser step per optimiser.
-    rec._data, rec._users = rec._data[:64], rec._users[:64]
+    rec.set_training_tensors({k: v[:64] for k, v in rec.training_tensors().items()})
     rec.train_epoch()
     after = {n: p.detach().clone() for n, p in rec.model.named_parameters()}
     return before, after, rec.losses

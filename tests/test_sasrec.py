@@ -102,7 +102,7 @@ def test_sampled_softmax_trains_deterministically(ml100k_prepared: Prepared) -> 
     runs = []
     for _ in range(2):
         model = SequentialRecommender(max_len=20, dim=32, train=config).setup(ml100k_prepared.split)
-        model._data, model._users = model._data[:1024], model._users[:1024]
+        model.set_training_tensors({k: v[:1024] for k, v in model.training_tensors().items()})
         model.train_epoch()
         model.train_epoch()
         runs.append(model.losses)

@@ -1,4 +1,4 @@
-"""Server-side strategies: aggregators, group aggregation, FedProx, sampling and drops."""
+"""Strategy pieces: aggregators, group aggregation, FedProx, sampling, drops, config checks."""
 
 from __future__ import annotations
 
@@ -8,17 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedllmrec.federated.strategies import (
-    StrategyConfig,
-    aggregate,
-    aggregate_groups,
-    apply_delta,
-    client_weights,
-    drop_clients,
-    proximal_term,
-    routing_load,
-    sample_clients,
-)
+from fedllmrec.federated.aggregation import aggregate, aggregate_groups, client_weights
+from fedllmrec.federated.config import StrategyConfig
+from fedllmrec.federated.engines.per_client import proximal_term
+from fedllmrec.federated.fedopt import apply_delta
+from fedllmrec.federated.round import routing_load
+from fedllmrec.federated.sampling import drop_clients, sample_clients
 
 torch.set_num_threads(1)
 

@@ -284,8 +284,8 @@ def train(
     """Train a recipe, select on validation, score test; resumes a run found in --out."""
     from rich.table import Table
 
-    from fedllmrec.runtime import keep_freed_memory
     from fedllmrec.recipes.recipe import load_recipe, run_recipe
+    from fedllmrec.runtime import keep_freed_memory
 
     keep_freed_memory()  # freed tensors' memory is reused, not unmapped and faulted in again
     loaded = load_recipe(recipe, overrides or [])

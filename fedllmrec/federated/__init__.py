@@ -1,8 +1,11 @@
-"""Federated runtime: parameter ownership, client updates, aggregation, the simulator.
+"""Federated runtime: ownership, the client population, one round, engines, aggregation.
 
-Data flows one way: models declare who owns each tensor
+Data flows one way (docs/architecture.md): models declare who owns each tensor
 (:mod:`fedllmrec.models.owners`); this package checks the declaration
-(:mod:`.ownership`), trains clients (:mod:`.client`), aggregates their uploads
-(:mod:`.strategies`, :mod:`.server`) and runs rounds in process
-(:mod:`.simulator`) or on Flower (:mod:`.flower`).
+(:mod:`.ownership`), describes the clients (:mod:`.population`), runs a round in
+one place (:mod:`.round`: plan, local training by an engine of :mod:`.engines`,
+every upload through the seam of :mod:`.uploads`, aggregation in
+:mod:`.aggregation` and the server optimiser of :mod:`.fedopt`), and wraps it all as
+a trainable recommender (:mod:`.simulator`). The Flower app
+(:mod:`fedllmrec.apps.flower`) runs the same round with messages between.
 """

@@ -24,7 +24,15 @@ from typing import Any
 
 import torch
 
-from fedllmrec.federated.strategies import StrategyConfig, apply_delta
+from fedllmrec.federated.config import StrategyConfig
+
+
+def apply_delta(param: torch.Tensor, delta: torch.Tensor, server_lr: float) -> torch.Tensor:
+    """Return ``param + server_lr * delta`` as a new tensor in ``param``'s dtype (FedAvg's step)."""
+    if param.shape != delta.shape:
+        # Broadcasting here would silently corrupt the global model.
+        raise ValueError(f"delta shape {tuple(delta.shape)} != param shape {tuple(param.shape)}")
+    return param + server_lr * delta.to(param.dtype)
 
 
 class ServerOptimizer:

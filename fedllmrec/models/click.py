@@ -28,12 +28,7 @@ from fedllmrec.models.items import PAD, ItemSource
 from fedllmrec.models.mrff import MRFF, Routing
 from fedllmrec.models.owners import Owner
 from fedllmrec.models.sasrec import SASRec, trim_left_padding
-from fedllmrec.models.sequential import (
-    BatchLoss,
-    SequentialRecommender,
-    masked_mean,
-    reduce_targets,
-)
+from fedllmrec.models.sequential import Reduction, SequentialRecommender, masked_mean
 
 NO_CLICK, CLICK = 1, 2  # click-label tokens; 0 is padding
 
@@ -101,7 +96,7 @@ class ClickRecommender(SequentialRecommender):
         self._data, self._labels = _exposure_tokens(ds, chunks, self.max_len + 1)
         self._users = torch.from_numpy(owners)
 
-    def _trained_modules(self) -> dict[str, nn.Module]:
+    def trained_modules(self) -> dict[str, nn.Module]:
         assert self.model is not None and self.head is not None
         return {"model": self.model, "head": self.head}
 
@@ -120,17 +115,17 @@ class ClickRecommender(SequentialRecommender):
         """Training windows: exposures ``seq``, click tokens ``label`` (N, T + 1), ``user`` (N,)."""
         return {"seq": self._data, "label": self._labels, "user": self._users}
 
-    def batch_loss(
-        self,
-        batch: Mapping[str, torch.Tensor],
-        *,
-        load: torch.Tensor | None = None,
-        newest_only: bool = False,
-        gather: bool = True,
-        negatives: torch.Tensor | None = None,
-        row_weight: torch.Tensor | None = None,
-    ) -> BatchLoss:
-        """All-position BCE of the next exposure's click (see the base class for the options)."""
+    def set_training_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Train on other windows: exposures ``seq``, click tokens ``label``, ``user``."""
+        super().set_training_tensors(tensors)
+
+    def _use_training_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self._data, self._labels, self._users = tensors["seq"], tensors["label"], tensors["user"]
+
+    def _task(
+        self, batch: Mapping[str, torch.Tensor], reduction: Reduction
+    ) -> tuple[torch.Tensor, torch.Tensor, Routing | None]:
+        """All-position BCE of the next exposure's click (see the base class)."""
         assert self.model is not None and self.head is not None
         items, marks = batch["seq"], batch["label"]  # (B, T + 1)
         vectors = self.model.items(items)  # (B, T + 1, D): one lookup for inputs and targets
@@ -138,20 +133,14 @@ class ClickRecommender(SequentialRecommender):
         logits = self.head(states, vectors[:, 1:])  # (B, T)
         mask = (items[:, 1:] != PAD) & (items[:, :-1] != PAD)
         target = (marks[:, 1:] == CLICK).to(logits.dtype)
-        if row_weight is not None:
-            per_target = F.binary_cross_entropy_with_logits(
-                logits[mask], target[mask], reduction="none"
-            )
-            rows = mask.nonzero()[:, 0]
-            task, row_loss = reduce_targets(per_target, rows, row_weight)
-            aux = self._balance(routing, load, newest_only)
-            return BatchLoss(task, aux, mask.sum(), routing, row_loss)
-        if gather:
+        if reduction == "none":
+            task = F.binary_cross_entropy_with_logits(logits[mask], target[mask], reduction="none")
+        elif reduction == "mean":
             task = F.binary_cross_entropy_with_logits(logits[mask], target[mask])
         else:
             per_target = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
             task = masked_mean(per_target, mask)
-        return BatchLoss(task, self._balance(routing, load, newest_only), mask.sum(), routing)
+        return task, mask, routing
 
     @torch.no_grad()
     def predict(self, role: str, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -185,4 +174,3 @@ class ClickRecommender(SequentialRecommender):
             logits = self.head(states[:, -1], self.model.items(target))  # (B,)
             probs[index] = torch.sigmoid(logits).float().numpy()
         return probs, ds.label[targets].astype(np.float64)
-

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from functools import partial
+from typing import Any, Literal, Self, get_args
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from torch.nn import functional as F
 
 from fedllmrec.data.sequences import left_pad, observed_sequences, user_sequences, windows
 from fedllmrec.data.split import TRAIN, Split, UserItemSet
+from fedllmrec.errors import check_option
 from fedllmrec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from fedllmrec.models.items import (
     ItemEmbedding,
@@ -24,6 +26,9 @@ from fedllmrec.models.mrff import MRFF, GateMode, MRFFConfig, Routing, balance_l
 from fedllmrec.models.sasrec import PAD, SASRec, SASRecConfig
 
 Architecture = Literal["sasrec", "gru4rec", "mrff"]
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+ITEM_SOURCES: tuple[str, ...] = get_args(ItemSource)
+Reduction = Literal["mean", "masked", "none"]  # of a batch's task loss, see ``_task``
 
 
 @dataclass
@@ -70,6 +75,15 @@ class SequentialTrainConfig:
     loss: Literal["full", "sampled"] = "full"
     n_negatives: int = 1000
 
+    def __post_init__(self) -> None:
+        check = partial(check_option, "SequentialTrainConfig")
+        check("epochs", self.epochs >= 0, ">= 0", self.epochs)
+        check("batch_size", self.batch_size >= 1, ">= 1", self.batch_size)
+        check("lr", self.lr > 0.0, "> 0", self.lr)
+        check("weight_decay", self.weight_decay >= 0.0, ">= 0", self.weight_decay)
+        check("loss", self.loss in ("full", "sampled"), "'full' or 'sampled'", self.loss)
+        check("n_negatives", self.n_negatives >= 1, ">= 1", self.n_negatives)
+
 
 @dataclass
 class SequentialRecommender:
@@ -107,6 +121,28 @@ class SequentialRecommender:
     _users: torch.Tensor = field(default_factory=lambda: torch.empty(0), repr=False)
     _optims: list[torch.optim.Optimizer] = field(default_factory=list, repr=False)
 
+    def __post_init__(self) -> None:
+        check = partial(check_option, type(self).__name__)
+        check("architecture", self.architecture in ARCHITECTURES, f"one of {ARCHITECTURES}",
+              self.architecture)  # fmt: skip
+        check("max_len", self.max_len >= 1, ">= 1", self.max_len)
+        check("dim", self.dim >= 1, ">= 1", self.dim)
+        check("n_layers", self.n_layers >= 1, ">= 1", self.n_layers)
+        check("n_heads", self.n_heads >= 1, ">= 1", self.n_heads)
+        if self.architecture != "gru4rec":
+            check("dim", self.dim % self.n_heads == 0, f"a multiple of n_heads={self.n_heads}",
+                  self.dim)  # fmt: skip
+        check("dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)", self.dropout)
+        check("ffn_mult", self.ffn_mult >= 1, ">= 1", self.ffn_mult)
+        check("item_source", self.item_source in ITEM_SOURCES, f"one of {ITEM_SOURCES}",
+              self.item_source)  # fmt: skip
+        check("item_features", self.item_source != "none" or bool(self.item_features),
+              "a non-empty list when item_source is 'none' (the item vector is its features)",
+              list(self.item_features))  # fmt: skip
+        check("n_groups", self.n_groups >= 1, ">= 1", self.n_groups)
+        check("user_hidden", self.user_hidden >= 1, ">= 1", self.user_hidden)
+        check("balance_alpha", self.balance_alpha >= 0.0, ">= 0", self.balance_alpha)
+
     def fit(self, split: Split) -> Self:
         """Build a fresh model and train it for ``train.epochs`` epochs."""
         return self.setup(split).resume(self.train.epochs)
@@ -129,7 +165,7 @@ class SequentialRecommender:
         self._data = torch.from_numpy(left_pad(chunks, self.max_len + 1))
         self._users = torch.from_numpy(owners)
 
-    def _trained_modules(self) -> dict[str, torch.nn.Module]:
+    def trained_modules(self) -> dict[str, torch.nn.Module]:
         """Every module whose parameters train (subclasses add heads)."""
         assert self.model is not None
         return {"model": self.model}
@@ -139,7 +175,7 @@ class SequentialRecommender:
         cfg = self.train
         dense: list[torch.nn.Parameter] = []
         sparse: list[torch.nn.Parameter] = []
-        for module in self._trained_modules().values():
+        for module in self.trained_modules().values():
             for name, param in module.named_parameters():
                 (sparse if _is_sparse(module, name) else dense).append(param)
         optims: list[torch.optim.Optimizer] = [
@@ -224,36 +260,72 @@ class SequentialRecommender:
         """Training windows, one row each: items ``seq`` (N, T + 1) and owner ``user`` (N,)."""
         return {"seq": self._data, "user": self._users}
 
-    def batch_loss(
-        self,
-        batch: Mapping[str, torch.Tensor],
-        *,
-        load: torch.Tensor | None = None,
-        newest_only: bool = False,
-        gather: bool = True,
-        negatives: torch.Tensor | None = None,
-        row_weight: torch.Tensor | None = None,
-    ) -> BatchLoss:
-        """Loss of a batch of :meth:`training_tensors` rows.
+    def set_training_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Train on other windows (same keys as :meth:`training_tensors`, one row each):
+        e.g. per-domain windows for domain clients, or a subset for a quick run."""
+        keys = set(self.training_tensors())
+        if set(tensors) != keys:
+            raise ValueError(
+                f"training tensors need the keys {sorted(keys)}, got {sorted(tensors)}"
+            )
+        rows = {int(t.shape[0]) for t in tensors.values()}
+        if len(rows) != 1:
+            raise ValueError(f"training tensors must have one row count, got {sorted(rows)}")
+        self._use_training_tensors(tensors)
 
-        ``gather=False`` masks padding by weights instead of indexing it away:
-        same value, no data-dependent shapes, so it runs under ``torch.func.vmap``
-        (the federated simulator). ``negatives`` (M,) fixes the sampled-softmax
-        draw, which a vmapped client cannot make itself. ``row_weight`` (B,) makes
-        the task a weighted sum of rows' summed losses (see :func:`reduce_targets`).
+    def _use_training_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self._data, self._users = tensors["seq"], tensors["user"]
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The generator of batch order and sampled-softmax negatives (checkpointed)."""
+        return self._rng
+
+    def batch_loss(self, batch: Mapping[str, torch.Tensor]) -> BatchLoss:
+        """Centralized training loss of a batch of :meth:`training_tensors` rows: the mean
+        over its targets, and MRFF's balance loss over the batch's own routing."""
+        task, mask, routing = self._task(batch, "mean")
+        return BatchLoss(task, self._balance(routing, None, newest_only=False), mask.sum(), routing)
+
+    def client_loss(self, batch: Mapping[str, torch.Tensor], load: torch.Tensor) -> BatchLoss:
+        """One federated client's loss on its windows (row 0 its newest), shape-static.
+
+        Padding is masked by weights instead of indexed away: same value, no
+        data-dependent shapes, so it runs under ``torch.func.vmap``. MRFF's balance loss
+        uses the client's user-level routing (its newest window's) and ``load`` (L, K),
+        the previous round's routing shares.
+        """
+        task, mask, routing = self._task(batch, "masked")
+        return BatchLoss(task, self._balance(routing, load, newest_only=True), mask.sum(), routing)
+
+    def row_weighted_loss(
+        self, batch: Mapping[str, torch.Tensor], row_weight: torch.Tensor
+    ) -> BatchLoss:
+        """``sum_b row_weight[b] * (row b's summed target losses)`` and those row sums.
+
+        One pass can so weigh every client's mean loss (the federated ``linear`` engine,
+        which adds the balance loss itself from each client's routing: ``aux`` is 0).
+        """
+        per_target, mask, routing = self._task(batch, "none")
+        rows = mask.nonzero()[:, 0]
+        task, row_loss = reduce_targets(per_target, rows, row_weight)
+        return BatchLoss(task, torch.zeros(()), mask.sum(), routing, row_loss)
+
+    def _task(
+        self, batch: Mapping[str, torch.Tensor], reduction: Reduction
+    ) -> tuple[torch.Tensor, torch.Tensor, Routing | None]:
+        """The next-item task loss, the target mask (B, T) and the routing of a batch.
+
+        ``reduction``: "mean" over the targets, "masked" the same shape-statically (for
+        vmap), "none" each target's loss (N,) row-major.
         """
         seq = batch["seq"]
         inputs, targets = seq[:, :-1], seq[:, 1:]  # (B, T)
         states, routing = self._encode(inputs, batch["user"])  # (B, T, D)
         mask = (targets != PAD) & (inputs != PAD)
-        if row_weight is not None:
-            per_target = self._next_item_loss(states, targets, mask, True, negatives, "none")
-            rows = mask.nonzero()[:, 0]
-            task, row_loss = reduce_targets(per_target, rows, row_weight)
-            aux = self._balance(routing, load, newest_only)
-            return BatchLoss(task, aux, mask.sum(), routing, row_loss)
-        task = self._next_item_loss(states, targets, mask, gather, negatives)
-        return BatchLoss(task, self._balance(routing, load, newest_only), mask.sum(), routing)
+        if reduction == "none":
+            return self._next_item_loss(states, targets, mask, True, "none"), mask, routing
+        return self._next_item_loss(states, targets, mask, reduction == "mean"), mask, routing
 
     def resume(self, epochs: int) -> Self:
         """Train ``epochs`` more epochs, continuing the optimiser and data order."""
@@ -266,7 +338,7 @@ class SequentialRecommender:
         if self.model is None or not self._optims:
             raise RuntimeError("call fit() or setup() first")
         tensors, batch_size = self.training_tensors(), self.train.batch_size
-        modules = list(self._trained_modules().values())
+        modules = list(self.trained_modules().values())
         for module in modules:
             module.train()
         order = torch.from_numpy(self._rng.permutation(tensors["seq"].shape[0]))
@@ -296,7 +368,6 @@ class SequentialRecommender:
         targets: torch.Tensor,
         mask: torch.Tensor,
         gather: bool,
-        negatives: torch.Tensor | None,
         reduction: Literal["mean", "none"] = "mean",
     ) -> torch.Tensor:
         """Mean cross-entropy of the masked targets (B, T) (shifted ids) given states (B, T, D).
@@ -315,9 +386,8 @@ class SequentialRecommender:
             logits = states @ self.model.items.table()[1:].T  # (N, I)
             target_index = targets - 1
         else:
-            if negatives is None:
-                n_items = self.model.items.config.n_items
-                negatives = torch.from_numpy(self._rng.integers(1, n_items + 1, cfg.n_negatives))
+            n_items = self.model.items.config.n_items
+            negatives = torch.from_numpy(self._rng.integers(1, n_items + 1, cfg.n_negatives))
             positive = (states * self.model.items(targets)).sum(-1, keepdim=True)  # (N, 1)
             negative = states @ self.model.items(negatives).T  # (N, M)
             negative = negative.masked_fill(negatives[None] == targets[:, None], float("-inf"))
@@ -332,7 +402,7 @@ class SequentialRecommender:
         if self.model is None or not self._optims:
             raise RuntimeError("call fit() or setup() first")
         return {
-            **{name: m.state_dict() for name, m in self._trained_modules().items()},
+            **{name: m.state_dict() for name, m in self.trained_modules().items()},
             "optims": [optim.state_dict() for optim in self._optims],
             "numpy_rng": self._rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
@@ -343,7 +413,7 @@ class SequentialRecommender:
         """Restore a :meth:`state_dict` into a model built by :meth:`setup` on the same split."""
         if self.model is None or not self._optims:
             raise RuntimeError("call setup() before load_state_dict()")
-        for name, module in self._trained_modules().items():
+        for name, module in self.trained_modules().items():
             module.load_state_dict(state[name])
         for optim, optim_state in zip(self._optims, state["optims"], strict=True):
             optim.load_state_dict(optim_state)

@@ -39,13 +39,14 @@ from rich.console import Console
 
 from fedllmrec.data.prepare import SAMPLED_NEGATIVES, Prepared, prepare
 from fedllmrec.data.split import SplitConfig
-from fedllmrec.errors import FedLLMRecError, RecipeError
-from fedllmrec.federated.simulator import FederatedRecommender, FederationConfig
+from fedllmrec.errors import FedLLMRecError, OptionError, RecipeError
+from fedllmrec.eval.evaluators import EVALUATORS, Evaluator
+from fedllmrec.federated.config import FederationConfig
+from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.models.base import Recommender
 from fedllmrec.models.baselines import ItemKNN, ItemKNNConfig, Popularity, PopularityConfig
 from fedllmrec.models.click import ClickRecommender
 from fedllmrec.models.sequential import SequentialRecommender
-from fedllmrec.eval.evaluators import EVALUATORS, Evaluator
 from fedllmrec.train.trainer import Trainable, Trainer, TrainerConfig
 
 Model = Trainable | Recommender
@@ -177,6 +178,22 @@ class Recipe:
         if not isinstance(model, SequentialRecommender):
             raise RecipeError(self.path, "only sequential and click models train federated")
         return FederatedRecommender(model, self.federated)
+
+    def build_federation(self, prepared: Prepared | None = None) -> FederatedRecommender:
+        """The seeded federation, set up on the prepared split (the Flower app's model).
+
+        A recipe without a ``[federated]`` table trains with :class:`FederationConfig`
+        defaults, seeded by ``trainer.seed`` as the recipe loader would.
+        """
+        prepared = prepared if prepared is not None else self.prepare()
+        model = self.build_model(prepared)
+        if isinstance(model, FederatedRecommender):
+            fed = model
+        elif isinstance(model, SequentialRecommender):
+            fed = FederatedRecommender(model, FederationConfig(seed=self.trainer.seed))
+        else:
+            raise RecipeError(self.path, f"model kind {self.model_kind!r} cannot train federated")
+        return fed.setup(prepared.split)
 
     def build_evaluator(self, prepared: Prepared) -> Evaluator:
         factory = EVALUATORS[self.eval_kind]
@@ -436,6 +453,8 @@ def _instantiate(
     kwargs = _parse(target, table, where, exclude)
     try:
         return target(**kwargs)
+    except OptionError as err:  # a value out of range: report it at its own key
+        raise _Bad(f"{where}.{err.field}", err.problem) from None
     except (TypeError, ValueError) as err:
         raise _Bad(where, str(err)) from None
 

@@ -127,6 +127,11 @@ class ItemEncoder:
         return _embedding_dim(self.model_path)
 
     @property
+    def loaded(self) -> bool:
+        """Whether the model has been loaded (a fully cached ``encode`` never loads it)."""
+        return self._model is not None
+
+    @property
     def model(self) -> SentenceTransformer:
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")

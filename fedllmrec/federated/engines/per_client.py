@@ -1,4 +1,4 @@
-"""Client update: local training of one or many clients, and what they upload.
+"""Per-client engines: each client's own local update, batched over a chunk or looped.
 
 The same function trains one client (Flower's ClientApp, the reference loop)
 or a chunk of C clients at once (the simulator): every per-client tensor is
@@ -14,66 +14,67 @@ A domain client holds many users and has no private tensors.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
-from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from fedllmrec.federated.config import LocalConfig
+from fedllmrec.federated.engines.base import Emit, LocalJob
+from fedllmrec.federated.net import ClientNet
 from fedllmrec.federated.ownership import SHARED, Owner, Ownership
-from fedllmrec.federated.strategies import proximal_term
+from fedllmrec.federated.uploads import Uploads
 from fedllmrec.models.mrff import group_ffn_mode
-from fedllmrec.models.sequential import BatchLoss, SequentialRecommender
+from fedllmrec.models.sasrec import trim_left_padding
+from fedllmrec.models.sequential import BatchLoss
 
-Engine = Literal["vmap", "loop"]
-
-
-@dataclass
-class LocalConfig:
-    """How a client trains in a round: ``steps`` optimiser steps from a fresh optimiser.
-
-    Each step uses all the client's windows (``batch_size = 0``, a user client) or
-    ``batch_size`` of them drawn afresh (a domain client holding many users).
-    """
-
-    steps: int = 1
-    lr: float = 0.1
-    optimizer: Literal["adam", "sgd"] = "adam"
-    batch_size: int = 0
-
-    def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"LocalConfig.steps must be >= 1, got {self.steps}")
-        if not self.lr > 0:
-            raise ValueError(f"LocalConfig.lr must be > 0, got {self.lr}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"LocalConfig.optimizer must be 'adam' or 'sgd', got {self.optimizer}")
-        if self.batch_size < 0:
-            raise ValueError(f"LocalConfig.batch_size must be >= 0, got {self.batch_size}")
+Mode = Literal["vmap", "loop"]
 
 
-class ClientNet(nn.ModuleDict):
-    """The recommender's trained modules under one root, its loss as ``forward``.
+@dataclass(frozen=True)
+class PerClientEngine:
+    """Each client's own gradient and optimiser steps (``"vmap"`` batched, ``"loop"``)."""
 
-    Tensor names are the ownership names ("model.…", "head.…"), so a
-    ``functional_call`` with per-client tensors runs one client's loss.
-    """
+    name: Mode = "vmap"
+    fused: bool = False
 
-    def __init__(self, recommender: SequentialRecommender) -> None:
-        super().__init__(recommender._trained_modules())
-        object.__setattr__(self, "recommender", recommender)  # not a submodule
-        for module in self.modules():
-            if isinstance(module, nn.Embedding):
-                module.sparse = False  # functional gradients are dense
-
-    def forward(self, batch: Mapping[str, torch.Tensor], load: torch.Tensor) -> BatchLoss:
-        rec: SequentialRecommender = self.__dict__["recommender"]
-        return rec.batch_loss(batch, load=load, newest_only=True, gather=False)
+    def run(self, job: LocalJob, emit: Emit) -> None:
+        net, own, population = job.net, job.ownership, job.population
+        tensors = net.recommender.training_tensors()
+        every = net.tensors()
+        private_names = own.names(Owner.PRIVATE)
+        for chunk in job.chunks:
+            batches = [_pad(tensors, rows) for rows in population.windows(chunk, job.round)]
+            # Columns that are padding in every window of the chunk change nothing: cut them.
+            batches = [trim_left_padding(batch) for batch in batches]
+            if population.kind == "user":
+                for batch in batches:  # each client sees its own private row as row 0
+                    batch["user"] = torch.zeros_like(batch["user"])
+            users = torch.from_numpy(population.ids[chunk])
+            private = {name: every[name].detach()[users][:, None] for name in private_names}
+            result = train_clients(
+                net,
+                own,
+                job.sent,
+                private,
+                batches if len(batches) > 1 else batches[0],
+                job.load,
+                job.config.local,
+                job.config.strategy.proximal_mu,
+                self.name,
+            )
+            with torch.no_grad():  # the client keeps its new private rows: never uploaded
+                for name, rows in result.private.items():
+                    every[name][users] = rows[:, 0]  # (C, 1, ...) one row per client
+            n_examples = torch.from_numpy(population.examples[chunk]).to(torch.float64)
+            emit(
+                Uploads.dense(
+                    chunk, n_examples, result.loss, result.routing, result.shared_delta, own
+                )
+            )
 
 
 @dataclass
@@ -86,81 +87,16 @@ class ChunkResult:
     loss: torch.Tensor  # (C,) mean local task loss over the steps
 
 
-@dataclass
-class ClientUpload:
-    """Exactly what one client sends: shared deltas only, group slices only where routed.
-
-    ``arrays`` names are ``"<name>"`` for a global delta and ``"<name>/<k>"``
-    for the delta of group ``k`` of a group tensor.
-    """
-
-    client: int
-    n_examples: int
-    loss: float
-    routing: list[int]
-    arrays: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def to_bytes(self) -> bytes:
-        """The wire format (safetensors; scalars in its metadata)."""
-        meta = {
-            "client": str(self.client),
-            "n_examples": str(self.n_examples),
-            "loss": repr(self.loss),
-            "routing": ",".join(map(str, self.routing)),
-        }
-        arrays = {k: v.detach().contiguous() for k, v in self.arrays.items()}
-        return save_safetensors(arrays, metadata=meta)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> ClientUpload:
-        arrays = load_safetensors(data)
-        header = _safetensors_metadata(data)
-        routing = [int(g) for g in header["routing"].split(",") if g]
-        return cls(
-            int(header["client"]), int(header["n_examples"]), float(header["loss"]), routing, arrays
-        )
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.to_bytes())
-
-
-def _safetensors_metadata(data: bytes) -> dict[str, str]:
-    size = int.from_bytes(data[:8], "little")
-    meta: dict[str, str] = json.loads(data[8 : 8 + size]).get("__metadata__", {})
-    return meta
-
-
-def make_upload(
-    client: int,
-    n_examples: int,
-    result: ChunkResult,
-    index: int,
-    ownership: Ownership,
-) -> ClientUpload:
-    """Client ``index`` of a chunk as an upload: global deltas, and routed group slices."""
-    arrays: dict[str, torch.Tensor] = {}
-    for name in ownership.names(Owner.GLOBAL):
-        arrays[name] = result.shared_delta[name][index]
-    routing = result.routing[index].tolist() if result.routing.numel() else []
-    for name in ownership.names(Owner.GROUP):
-        layer = ownership[name].layer
-        assert layer is not None
-        k = routing[layer]
-        arrays[f"{name}/{k}"] = result.shared_delta[name][index, k]
-    return ClientUpload(client, n_examples, float(result.loss[index]), routing, arrays)
-
-
 def train_clients(
     net: ClientNet,
     ownership: Ownership,
-    server: Mapping[str, torch.Tensor],
+    sent: Mapping[str, torch.Tensor],
     private_rows: Mapping[str, torch.Tensor],
     batch: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]],
     load: torch.Tensor,
     config: LocalConfig,
     proximal_mu: float = 0.0,
-    engine: Engine = "vmap",
+    mode: Mode = "vmap",
 ) -> ChunkResult:
     """Local training of a chunk of C clients from the received shared tensors.
 
@@ -170,7 +106,7 @@ def train_clients(
         The model whose functional loss is trained.
     ownership : Ownership
         Owners of every tensor of ``net``.
-    server : mapping
+    sent : mapping
         Received global and group tensors (unbatched), also FedProx's anchor.
     private_rows : mapping
         Private tensor name -> (C, 1, *row) each client's own row(s).
@@ -183,7 +119,7 @@ def train_clients(
         Steps, learning rate and optimiser.
     proximal_mu : float
         FedProx weight (0: plain local training).
-    engine : {"vmap", "loop"}
+    mode : {"vmap", "loop"}
         Batched over clients, or the per-client reference loop.
     """
     batches = [batch] * config.steps if isinstance(batch, Mapping) else list(batch)
@@ -191,14 +127,12 @@ def train_clients(
         raise ValueError(f"{len(batches)} batches for {config.steps} local steps")
     n_clients = next(iter(batches[0].values())).shape[0]
     shared_names = ownership.names(*SHARED)
-    frozen = {
-        name: t for name, t in _all_tensors(net).items() if ownership[name].owner is Owner.FROZEN
-    }
+    frozen = {name: t for name, t in net.tensors().items() if ownership[name].owner is Owner.FROZEN}
     private_trained = ownership.private_parameters()
     private_data = {
         n: private_rows[n] for n in ownership.names(Owner.PRIVATE) if n not in private_trained
     }
-    anchor = {name: server[name].detach() for name in shared_names}
+    anchor = {name: sent[name].detach() for name in shared_names}
     start = {name: anchor[name].expand(n_clients, *anchor[name].shape) for name in shared_names}
 
     def client_loss(
@@ -223,7 +157,7 @@ def train_clients(
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """Per-client gradients (C, ...), task losses (C,) and routing (C, L)."""
         batch = batches[step]
-        if engine == "vmap" and step == 0:
+        if mode == "vmap" and step == 0:
             # Every client starts from the server's tensors: pass them unbatched, so the
             # forward is one ordinary batched pass and only the gradients are per client.
             shared0 = {name: anchor[name] for name in shared_names}
@@ -233,13 +167,13 @@ def train_clients(
                 {**shared0, **private0}, private_data, dict(batch)
             )
             return grads, task, groups
-        if engine == "vmap":
+        if mode == "vmap":
             grads, (task, groups) = vmap(step_grad, randomness="different")(
                 trained, private_data, dict(batch)
             )
             return grads, task, groups
-        if engine != "loop":
-            raise ValueError(f"engine must be 'vmap' or 'loop', not {engine!r}")
+        if mode != "loop":
+            raise ValueError(f"mode must be 'vmap' or 'loop', not {mode!r}")
         per_client = [
             step_grad(
                 {k: v[c] for k, v in trained.items()},
@@ -297,20 +231,51 @@ def _first_step(grad: torch.Tensor, config: LocalConfig) -> torch.Tensor:
     return grad.div_(denom).mul_(-config.lr)
 
 
-def _all_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
-    return dict(module.named_parameters()) | dict(module.named_buffers())
+def proximal_term(
+    params: Mapping[str, torch.Tensor], anchor: Mapping[str, torch.Tensor], mu: float
+) -> torch.Tensor:
+    """FedProx's proximal penalty ``mu/2 * sum_n ||params[n] - anchor[n]||^2``.
+
+    Works under ``torch.func.vmap`` with per-client ``params`` and an unbatched
+    ``anchor`` (the global model): broadcasting does the rest.
+
+    Parameters
+    ----------
+    params : Mapping[str, torch.Tensor]
+        The client's trainable parameters.
+    anchor : Mapping[str, torch.Tensor]
+        The round's global parameters, same names; no gradient flows into them.
+    mu : float
+        Proximal strength; 0 gives a zero scalar.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar penalty.
+    """
+    if params.keys() != anchor.keys():
+        missing = sorted(set(params) ^ set(anchor))
+        raise KeyError(f"params and anchor names differ: {missing}")
+    if mu < 0:
+        raise ValueError(f"mu must be >= 0, got {mu!r}")
+    first = next(iter(params.values()), None)
+    dtype = first.dtype if first is not None else torch.get_default_dtype()
+    device = first.device if first is not None else None
+    if mu == 0 or first is None:
+        return torch.zeros((), dtype=dtype, device=device)
+    total = torch.zeros((), dtype=dtype, device=device)
+    for name, value in params.items():
+        total = total + (value - anchor[name].detach()).pow(2).sum()
+    return 0.5 * mu * total
 
 
-def upload_bytes(ownership: Ownership) -> int:
-    """Payload bytes of one upload: every global delta and one group slice per group tensor."""
-    total = 0
-    for name in ownership.names(*SHARED):
-        spec = ownership[name]
-        per = spec.numel // spec.shape[0] if spec.owner is Owner.GROUP else spec.numel
-        total += 4 * per
-    return total
-
-
-def download_bytes(ownership: Ownership) -> int:
-    """Payload bytes a client receives: every global and group tensor (it routes itself)."""
-    return 4 * ownership.numel(*SHARED)
+def _pad(tensors: Mapping[str, torch.Tensor], rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """Rows of each client stacked (C, W, ...), zero-padded to the chunk's widest client."""
+    width = max(r.shape[0] for r in rows)
+    batch = {}
+    for key, value in tensors.items():
+        padded = value.new_zeros(len(rows), width, *value.shape[1:])
+        for i, r in enumerate(rows):
+            padded[i, : r.shape[0]] = value[torch.from_numpy(r)]
+        batch[key] = padded
+    return batch
