@@ -61,16 +61,22 @@ def main() -> None:
     sides = {}
     for name, root, extra in (("A", args.a, []), ("B", args.b, args.set_b)):
         root = str(Path(root).resolve())
-        command = ["taskset", "-c", str(args.core), sys.executable, __file__, "a", "b", "--worker"]
+        # Each side runs its own checkout's copy of this script: its scripts/ folder comes
+        # first on sys.path, so benchlib must be that checkout's too.
+        script = Path(root) / "scripts" / Path(__file__).name
+        worker_script = str(script if script.is_file() else Path(__file__).resolve())
+        command = ["taskset", "-c", str(args.core), sys.executable, worker_script, "a", "b"]
+        command.append("--worker")
         command += ["--recipe", args.recipe, *(f"--set={s}" for s in [*args.set, *extra])]
         env = dict(os.environ, PYTHONPATH=f"{root}:{root}/scripts")
         sides[name] = subprocess.Popen(
             command, cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
-    for side in sides.values():
+    for name, side in sides.items():
         assert side.stdout is not None
-        while side.stdout.readline().strip() != "ready":
-            pass
+        while (line := side.stdout.readline()).strip() != "ready":
+            if not line:  # end of output: the worker died while setting up
+                raise SystemExit(f"side {name} exited with {side.wait()} before it was ready")
     seconds: dict[str, list[float]] = {"A": [], "B": []}
     for round_ in range(args.rounds):
         for name in ("A", "B") if round_ % 2 == 0 else ("B", "A"):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
@@ -66,6 +66,7 @@ class FederatedRecommender:
         The upload seam: every client upload passes them in order before aggregation.
     """
 
+    unit: ClassVar[str] = "round"  # the trainer's logs and curve call a train_epoch() a round
     recommender: SequentialRecommender
     federation: FederationConfig = field(default_factory=FederationConfig)
     transforms: Sequence[UploadTransform] = ()

@@ -185,6 +185,7 @@ class Trainer:
         self.config = config or TrainerConfig()
         self.quiet = quiet
         self.console = console or Console(stderr=True)
+        self.unit = "epoch"  # what one train_epoch() is called in logs and plots
 
     def run(
         self,
@@ -236,6 +237,8 @@ class Trainer:
                 _verified_bytes(out / BEST)
         best_in_memory: dict[str, Any] | None = None
 
+        # A federated model trains by rounds: its logs say "round" (metrics.json keeps "epoch").
+        self.unit = str(getattr(model, "unit", "epoch"))
         with self._progress() as progress:
             task = progress.add_task(
                 "train", total=self.config.max_epochs, completed=state.epoch, status=""
@@ -246,7 +249,9 @@ class Trainer:
                 state.train_seconds += time.perf_counter() - start
                 state.epoch += 1
                 if not math.isfinite(loss):
-                    raise FedLLMRecError(f"training diverged: loss {loss} at epoch {state.epoch}")
+                    raise FedLLMRecError(
+                        f"training diverged: loss {loss} at {self.unit} {state.epoch}"
+                    )
                 row: dict[str, Any] = {
                     "epoch": state.epoch,
                     "loss": loss,
@@ -345,7 +350,7 @@ class Trainer:
             "date": dt.datetime.now().isoformat(timespec="seconds"),
         }
         atomic_write_json(out / METRICS, metrics)
-        plot_curve(out / CURVE, state.history, self.config.monitor, state.best_epoch)
+        plot_curve(out / CURVE, state.history, self.config.monitor, state.best_epoch, self.unit)
         return metrics
 
     def _monitored(self, metrics: Mapping[str, float]) -> float:
@@ -403,7 +408,7 @@ class Trainer:
         mark = "  [green]best[/]" if state.best_epoch == row["epoch"] else ""
         stop = "  [yellow]early stop[/]" if state.early_stopped else ""
         progress.console.print(
-            f"epoch {row['epoch']:>4}  loss {row['loss']:.4f}  "
+            f"{self.unit} {row['epoch']:>4}  loss {row['loss']:.4f}  "
             f"{self.config.monitor} {row[self.config.monitor]:.4f}{mark}{stop}"
         )
 
@@ -524,7 +529,13 @@ def _check_same_run(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) 
             )
 
 
-def plot_curve(path: str | Path, history: list[dict[str, Any]], monitor: str, best: int) -> None:
+def plot_curve(
+    path: str | Path,
+    history: list[dict[str, Any]],
+    monitor: str,
+    best: int,
+    unit: str = "epoch",
+) -> None:
     """Write train loss and validation ``monitor`` against epochs as a PNG, atomically."""
     # The object-oriented API needs no pyplot and no global backend switch.
     from matplotlib.figure import Figure
@@ -535,7 +546,7 @@ def plot_curve(path: str | Path, history: list[dict[str, Any]], monitor: str, be
     losses = [(r["epoch"], r["loss"]) for r in history if r.get("loss") is not None]
     if losses:
         ax.plot(*zip(*losses, strict=True), color="tab:blue", label="train loss")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(unit)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("train loss", color="tab:blue")
     metric = ax.twinx()
@@ -544,7 +555,7 @@ def plot_curve(path: str | Path, history: list[dict[str, Any]], monitor: str, be
         metric.plot(*zip(*evals, strict=True), "o-", color="tab:orange")
     metric.set_ylabel(f"valid {monitor}", color="tab:orange")
     metric.axvline(best, linestyle="--", color="grey", linewidth=1)
-    ax.set_title(f"best epoch {best}")
+    ax.set_title(f"best {unit} {best}")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 
