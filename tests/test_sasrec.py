@@ -108,3 +108,34 @@ def test_sampled_softmax_trains_deterministically(ml100k_prepared: Prepared) -> 
         runs.append(model.losses)
     assert runs[0] == runs[1]
     assert runs[0][1] < min(runs[0][0], np.log(201))  # learns; beats a uniform guess of 201
+
+
+def test_history_exclusion_masks_only_the_users_training_items(ml100k_prepared: Prepared) -> None:
+    """``negatives_exclude="history"`` masks negatives the row's user trained on, never
+    held-out items (which training must not consult); the default masks only the target."""
+    from fedllmrec.models.sequential import (
+        SequentialRecommender,
+        SequentialTrainConfig,
+        history_mask,
+    )
+
+    split = ml100k_prepared.split
+    trained = split.observed("valid")  # what training may read
+    own = torch.from_numpy(trained.items_of(0).astype(np.int64) + 1)  # shifted ids
+    touched = torch.from_numpy(split.touched.items_of(0).astype(np.int64) + 1)
+    held_out = touched[~torch.isin(touched, own)]
+    assert held_out.numel() == 2  # user 0's validation and test items
+    mask = history_mask(trained, torch.tensor([0, 1]), torch.cat([own, held_out]))
+    assert mask[0, : own.numel()].all() and not mask[0, own.numel() :].any()
+    assert mask[1].sum() < mask[0].sum()  # another user: only the items both touched
+
+    torch.set_num_threads(1)
+    losses = {}
+    for exclude in ("target", "history"):
+        config = SequentialTrainConfig(loss="sampled", n_negatives=1000, negatives_exclude=exclude)  # type: ignore[arg-type]
+        model = SequentialRecommender(max_len=20, dim=32, dropout=0.0, train=config).setup(split)
+        rows = torch.nonzero(model.training_tensors()["user"] == 0)[:, 0]
+        batch = {key: value[rows] for key, value in model.training_tensors().items()}
+        losses[exclude] = model.batch_loss(batch).task.item()  # same seed: the same draws
+    # User 0 trained on ~270 of 1,682 items: many of the 1,000 draws are masked away.
+    assert losses["history"] < losses["target"]

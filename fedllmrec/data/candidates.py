@@ -1,11 +1,11 @@
-"""Leak-free evaluation candidates and training negatives.
+"""Leak-free evaluation candidates (and a sampler of untouched negatives).
 
-Every negative, for evaluation or for training, is an item the user never
-interacted with in any split and in any domain. Peer code that draws training
-negatives without excluding the validation/test items lets a model learn the
-test items as negatives of their own users; with the candidates drawn from
-that same pool the positive is then the only item never pushed down, and
-HR@10 reaches 1.0 (:func:`assert_leak_free` catches this).
+Every evaluation negative is an item the user never interacted with in any
+split and in any domain: a candidate list that held one of the user's own
+items would score a true positive as a negative (:func:`assert_leak_free`
+catches it). The models' training negatives are drawn elsewhere
+(``SequentialTrainConfig``) and never consult held-out interactions;
+docs/evaluation.md says what they may contain, as measured.
 
 Candidates are drawn once with a fixed seed, saved, and reused by every model,
 so all models rank identical lists.
@@ -216,10 +216,10 @@ def assert_leak_free(split: Split, candidates: Candidates) -> None:
 
 
 class NegativeSampler:
-    """Uniform training negatives that exclude every item the user touched in any split.
+    """Uniform negatives that exclude every item the user touched in any split.
 
-    Excluding only training items is not enough: a validation or test item
-    sampled as a training negative is the leak described in the module docstring.
+    It reads held-out interactions, so it suits evaluation-time draws, not training:
+    no model trains with it (training negatives: ``SequentialTrainConfig``).
     """
 
     def __init__(self, split: Split, domain: int | None = None) -> None:

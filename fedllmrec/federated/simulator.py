@@ -80,6 +80,11 @@ class FederatedRecommender:
     def setup(self, split: Split) -> Self:
         """Build the model (seeded as centrally), its ownership, and the client population."""
         rec, cfg = self.recommender, self.federation
+        if rec.train.loss == "sampled" and rec.train.negatives_exclude == "history":
+            raise FedLLMRecError(
+                "model.train.negatives_exclude = 'history' is for centralized training: a "
+                "federated client's batch holds local user rows, not user ids"
+            )
         rec.setup(split)
         self._net = ClientNet(rec)
         self._ownership = own = declared_ownership(self._net)
