@@ -38,6 +38,8 @@ FEDADAM = REPO / "recipes" / "mrff-fedadam-kuaisar.toml"
         (FEDADAM, "federated.local.lr=-1", "federated.local.lr", "> 0"),
         (FEDADAM, "federated.chunk_windows=0", "federated.chunk_windows", ">= 1"),
         (FEDADAM, "federated.max_clients=-3", "federated.max_clients", ">= 0"),
+        (SASREC, "trainer.eval_every=0", "trainer.eval_every", ">= 1"),
+        (SASREC, "trainer.patience=-1", "trainer.patience", ">= 0"),
     ],
 )
 def test_out_of_range_value_names_file_and_key(

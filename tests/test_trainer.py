@@ -380,7 +380,7 @@ def test_overrides(ml100k_prepared: Prepared) -> None:
         ("trainer.max_epoch=3", "trainer.max_epoch"),
         ("model.dim=abc", "model.dim"),
         ("model.architecture=transformer", "model.architecture"),
-        ("trainer.eval_every=0", "trainer"),
+        ("trainer.eval_every=0", "trainer.eval_every"),
         ("model.kind=deepfm", "model.kind"),
         ("eval.kind=ctrr", "eval.kind"),
         ("eval.mode=full", "eval.mode"),

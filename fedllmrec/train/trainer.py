@@ -31,6 +31,7 @@ import random
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
@@ -48,7 +49,7 @@ from rich.progress import (
 
 from fedllmrec.data.prepare import Prepared
 from fedllmrec.data.split import Split, UserItemSet
-from fedllmrec.errors import FedLLMRecError
+from fedllmrec.errors import FedLLMRecError, check_option
 from fedllmrec.eval.evaluators import LOWER_IS_BETTER, Evaluator
 from fedllmrec.io import atomic_path, atomic_write_json
 from fedllmrec.models.base import Recommender
@@ -128,14 +129,11 @@ class TrainerConfig:
     checkpoint: bool = True
 
     def __post_init__(self) -> None:
-        if self.max_epochs < 0:
-            raise ValueError(f"max_epochs must be >= 0, not {self.max_epochs}")
-        if self.eval_every < 1:
-            raise ValueError(f"eval_every must be >= 1, not {self.eval_every}")
-        if self.patience < 0:
-            raise ValueError(f"patience must be >= 0, not {self.patience}")
-        if self.mode not in (None, "max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', not {self.mode!r}")
+        check = partial(check_option, "TrainerConfig")
+        check("max_epochs", self.max_epochs >= 0, ">= 0", self.max_epochs)
+        check("eval_every", self.eval_every >= 1, ">= 1", self.eval_every)
+        check("patience", self.patience >= 0, ">= 0", self.patience)
+        check("mode", self.mode in (None, "max", "min"), "'max' or 'min'", self.mode)
 
     @property
     def direction(self) -> Literal["max", "min"]:
