@@ -30,6 +30,7 @@ DataDir = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Raw data folder (else $FEDLLMREC_DATA, else the cache)."),
 ]
+DatasetName = Annotated[str, typer.Argument(help="ml-100k, kuaisar-r, art-office or a folder.")]
 Seed = Annotated[int, typer.Option(help="Seed of the candidate draw.")]
 Threads = Annotated[
     int | None,
@@ -67,7 +68,7 @@ def set_threads(threads: int | None) -> None:
 
 @data_app.command("stats")
 def data_stats(
-    name: Annotated[str, typer.Argument(help="ml-100k, kuaisar-r, art-office or a folder.")],
+    name: DatasetName,
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     encoding: Encoding = None,
@@ -86,7 +87,7 @@ def data_stats(
 
 @data_app.command("prepare")
 def data_prepare(
-    name: Annotated[str, typer.Argument(help="ml-100k, kuaisar-r, art-office or a folder.")],
+    name: DatasetName,
     data_dir: DataDir = None,
     seed: Seed = 0,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: the cache).")] = None,
@@ -127,7 +128,7 @@ def data_prepare(
 
 @app.command("baselines")
 def baselines(
-    name: Annotated[str, typer.Argument(help="ml-100k, kuaisar-r, art-office or a folder.")],
+    name: DatasetName,
     data_dir: DataDir = None,
     seed: Seed = 0,
     json_out: Annotated[Path | None, typer.Option(help="Also write the records as JSON.")] = None,
@@ -158,7 +159,7 @@ def baselines(
 
 @app.command("embed")
 def embed(
-    name: Annotated[str, typer.Argument(help="ml-100k, kuaisar-r, art-office or a folder.")],
+    name: DatasetName,
     data_dir: DataDir = None,
     out: Annotated[
         Path | None, typer.Option(help="Write the (n_items, dim) array here (.npy).")
@@ -205,7 +206,7 @@ def embed(
 
 @app.command("retrieve")
 def retrieve(
-    name: Annotated[str, typer.Argument(help="ml-100k, kuaisar-r, art-office or a folder.")],
+    name: DatasetName,
     user: Annotated[str, typer.Option(help="The user's id as in the source data.")],
     data_dir: DataDir = None,
     k: Annotated[int, typer.Option(help="Number of candidates.")] = 10,

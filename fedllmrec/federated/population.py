@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fedllmrec.federated.config import LocalConfig, Weighting
+from fedllmrec.federated.config import LocalConfig
 from fedllmrec.models.items import PAD
 
 
@@ -93,11 +93,6 @@ class ClientPopulation:
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
-
-    def weights(self, positions: np.ndarray, weighting: Weighting) -> torch.Tensor:
-        """Unnormalised aggregation weights (C,) float64: example counts, or ones."""
-        examples = torch.from_numpy(self.examples[positions]).to(torch.float64)
-        return examples if weighting == "examples" else torch.ones_like(examples)
 
     def windows(self, positions: np.ndarray, round_: int) -> list[list[np.ndarray]]:
         """Each local step's training windows of the clients at ``positions``.

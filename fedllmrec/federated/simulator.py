@@ -195,13 +195,18 @@ class FederatedRecommender:
         every = dict(self.net.named_parameters())
         return {name: every[name] for name in self.ownership.names(*SHARED)}
 
-    def load_shared(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Overwrite the live shared tensors (a node receiving the server's model)."""
+    def check_shared(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Refuse received shared tensors whose names are not exactly the model's."""
         live = self.shared_tensors()
         if tensors.keys() != live.keys():
             raise FedLLMRecError(
                 f"shared tensors differ from the model's: {sorted(set(tensors) ^ set(live))}"
             )
+
+    def load_shared(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite the live shared tensors (a node receiving the server's model)."""
+        self.check_shared(tensors)
+        live = self.shared_tensors()
         with torch.no_grad():
             for name, value in tensors.items():
                 live[name].copy_(value)

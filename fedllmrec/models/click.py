@@ -115,10 +115,6 @@ class ClickRecommender(SequentialRecommender):
         """Training windows: exposures ``seq``, click tokens ``label`` (N, T + 1), ``user`` (N,)."""
         return {"seq": self._data, "label": self._labels, "user": self._users}
 
-    def set_training_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Train on other windows: exposures ``seq``, click tokens ``label``, ``user``."""
-        super().set_training_tensors(tensors)
-
     def _use_training_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
         self._data, self._labels, self._users = tensors["seq"], tensors["label"], tensors["user"]
 

@@ -51,7 +51,7 @@ from fedllmrec.data.prepare import Prepared
 from fedllmrec.data.split import Split, UserItemSet
 from fedllmrec.errors import FedLLMRecError, check_option
 from fedllmrec.eval.evaluators import LOWER_IS_BETTER, Evaluator
-from fedllmrec.io import atomic_path, atomic_write_json
+from fedllmrec.io import atomic_path, atomic_write_bytes, atomic_write_json
 from fedllmrec.models.base import Recommender
 
 LAST, BEST, METRICS, CURVE = "last.pt", "best.pt", "metrics.json", "curve.png"
@@ -445,13 +445,10 @@ def save_checkpoint(path: str | Path, obj: dict[str, Any]) -> None:
         raise FedLLMRecError(f"{path}: torch.save wrote no bare zip end record; cannot sign it")
     body[-2:] = _DIGEST_LEN.to_bytes(2, "little")
     comment = _DIGEST_PREFIX + hashlib.sha256(body).hexdigest().encode("ascii")
-    # Digest and data land in one file with one rename: no window where they disagree.
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        fh.write(body)
-        fh.write(comment)
-        fh.flush()
-        # Durable before the rename, so a power cut cannot leave a renamed empty file.
-        os.fsync(fh.fileno())
+    body += comment
+    # Digest and data land in one file with one rename (fsynced before it): no window
+    # where they disagree, and a power cut cannot leave a renamed empty file.
+    atomic_write_bytes(path, bytes(body))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedllmrec.federated.aggregation import raw_weights
 from fedllmrec.federated.engines.base import Emit, LocalJob
 from fedllmrec.federated.ownership import SHARED, Owner
 from fedllmrec.federated.uploads import UploadSum
@@ -67,7 +68,8 @@ class LinearEngine:
             batch = trim_left_padding({k: v[torch.from_numpy(index)] for k, v in tensors.items()})
             row_targets = torch.from_numpy(population.window_targets[index]).double()  # (B,)
             targets = torch.zeros(len(rows), dtype=torch.float64).index_add(0, owner, row_targets)
-            weight = population.weights(chunk, cfg.strategy.weighting)  # (C,)
+            examples = torch.from_numpy(population.examples[chunk])
+            weight = raw_weights(examples, cfg.strategy.weighting)  # (C,) as the aggregator
             # Each client's mean loss, weighted: w_c / n_c on each of its targets.
             row_weight = (weight / targets.clamp(min=1.0))[owner].float()
             users = torch.from_numpy(population.ids[chunk])  # (C,)
