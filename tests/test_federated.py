@@ -25,6 +25,7 @@ from fedllmrec.federated.round import routing_load
 from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.federated.uploads import (
     ClientUpload,
+    Part,
     Uploads,
     UploadSum,
     download_bytes,
@@ -72,7 +73,7 @@ def local_uploads(
 
     The clients keep their new private rows (written into ``fed``), as in a round.
     """
-    parts: list[Uploads | UploadSum] = []
+    parts: list[Part] = []
     sent = shared_state(fed) if sent is None else sent
     fed.local_training(positions, 1, sent, fed.server.load, parts.append)
     assert all(isinstance(part, Uploads) for part in parts)
@@ -322,8 +323,7 @@ def test_upload_path_aggregates_like_the_simulator(
     for name in streamed:
         torch.testing.assert_close(restacked[name], streamed[name], rtol=0, atol=0)
     # The streamed mean is the float64 weighted mean of every client's delta.
-    received = direct.received
-    weights = client_weights(received.n_examples, strategy.weighting)
+    weights = client_weights(torch.cat([part.n_examples for part in parts]), strategy.weighting)
     optimizer = ServerOptimizer(strategy)
     for name in own.names(Owner.GLOBAL):
         expected = optimizer.step(
@@ -335,7 +335,8 @@ def test_upload_path_aggregates_like_the_simulator(
         for k, was_updated in enumerate(changed):
             if not was_updated:
                 assert torch.equal(streamed[name][k], sent[name][k])
-        routed = set(received.routing[:, own[name].layer or 0].tolist())
+        routing = torch.cat([part.routing for part in parts])
+        routed = set(routing[:, own[name].layer or 0].tolist())
         assert {k for k, c in enumerate(changed) if c} == routed
 
 

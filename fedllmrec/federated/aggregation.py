@@ -27,17 +27,35 @@ import torch
 from fedllmrec.federated.config import WEIGHTINGS, StrategyConfig, Weighting
 from fedllmrec.federated.fedopt import ServerOptimizer
 from fedllmrec.federated.ownership import Owner, Ownership
-from fedllmrec.federated.uploads import Uploads, UploadSum, routed_mask
+from fedllmrec.federated.privacy.release import DPRelease
+from fedllmrec.federated.uploads import (
+    Part,
+    ProtectedSum,
+    ProtectedUploads,
+    Uploads,
+    UploadSum,
+    raw_weights,
+    routed_mask,
+    routing_counts,
+)
 
 
 @dataclass
 class Received:
-    """The per-client header of every upload a round aggregated, in arrival order."""
+    """What a round's uploads said besides the deltas: who, routing counts, examples, loss.
 
-    positions: np.ndarray  # (C,)
-    n_examples: torch.Tensor  # (C,) float64
-    loss: torch.Tensor  # (C,)
-    routing: torch.Tensor  # (C, L)
+    Summed over the clients, as secure aggregation reveals it (noisy under DP).
+    """
+
+    positions: np.ndarray  # (C,) the clients aggregated
+    routing_counts: torch.Tensor  # (L, K) clients routed to each group at each layer
+    examples: float  # summed training examples (the noisy participant count under DP)
+    loss_sum: float  # summed examples x local loss
+
+    @property
+    def mean_loss(self) -> float:
+        """The participants' example-weighted mean local loss."""
+        return self.loss_sum / self.examples if self.examples > 0 else float("nan")
 
 
 class RoundAggregator:
@@ -49,20 +67,45 @@ class RoundAggregator:
         Owners of the model's tensors: which are global and which are group tensors.
     strategy : StrategyConfig
         The aggregator and the client weighting.
+    release : DPRelease, optional
+        Client-level DP: the parts are DP-protected, summed, noised (central DP) and
+        released at a fixed scale (:mod:`fedllmrec.federated.privacy.release`).
+    round_ : int
+        The round (seeds the central noise).
     """
 
-    def __init__(self, ownership: Ownership, strategy: StrategyConfig) -> None:
-        self.ownership, self.strategy = ownership, strategy
+    def __init__(
+        self,
+        ownership: Ownership,
+        strategy: StrategyConfig,
+        release: DPRelease | None = None,
+        round_: int = 0,
+    ) -> None:
+        self.ownership, self.strategy, self.release, self.round = (
+            ownership,
+            strategy,
+            release,
+            round_,
+        )
         self.streaming = strategy.aggregator == "mean"
         self.sums: dict[str, torch.Tensor] = {}
         self.group_weight: dict[str, torch.Tensor] = {}  # (K,) summed weight of routed clients
         self.total = 0.0
         self.kept: list[Uploads] = []
-        self._headers: list[Received] = []  # headers only: a streamed delta is not kept
+        self.protected: ProtectedSum | None = None
+        self._summaries: list[Received] = []  # headers only: a streamed delta is not kept
+        self._released: Received | None = None
 
-    def add(self, part: Uploads | UploadSum) -> None:
-        """Fold in one part of the round (what the upload transforms emitted)."""
-        self._headers.append(Received(part.positions, part.n_examples, part.loss, part.routing))
+    def add(self, part: Part) -> None:
+        """Fold in one part of the round (what the seam emitted)."""
+        if isinstance(part, ProtectedUploads | ProtectedSum):
+            if self.release is None:
+                raise ValueError("DP-protected uploads reached an aggregator without DP")
+            summed = part.summed() if isinstance(part, ProtectedUploads) else part
+            self.protected = summed if self.protected is None else self.protected + summed
+            return
+        if self.release is not None:
+            raise ValueError("an unprotected upload reached a DP aggregator")
         if isinstance(part, UploadSum):
             if not self.streaming:
                 raise ValueError(
@@ -70,13 +113,28 @@ class RoundAggregator:
                     "not a sum"
                 )
             self._add_sums(part)
-        elif self.streaming:
+            self._summaries.append(
+                Received(part.positions, part.routing_counts, part.examples, part.loss_sum)
+            )
+            return
+        n = part.n_examples.double()
+        self._summaries.append(
+            Received(
+                part.positions,
+                routing_counts(part.routing, self.ownership.routing_shape),
+                float(n.sum()),
+                float((n * part.loss.double()).sum()),
+            )
+        )
+        if self.streaming:
             self._add_mean(part)
         else:
             self.kept.append(part)
 
     def _add_mean(self, part: Uploads) -> None:
         raw = raw_weights(part.n_examples, self.strategy.weighting)
+        if part.weight_scale is not None:
+            raw = raw * part.weight_scale.to(torch.float64)
         w = raw.to(torch.float32)
         self.total += float(raw.double().sum())
         for name in self.ownership.names(Owner.GLOBAL):
@@ -100,16 +158,25 @@ class RoundAggregator:
 
     @property
     def received(self) -> Received:
-        """Every aggregated client's header, in arrival order."""
-        if not self._headers:
+        """The round's summed header (under DP: the released, noisy one, after finish)."""
+        if self.release is not None:
+            if self._released is None:
+                raise ValueError("a DP round's header is released by finish()")
+            return self._released
+        if not self._summaries:
             raise ValueError("no upload was aggregated")
-        parts = self._headers
+        parts = self._summaries
         return Received(
             positions=np.concatenate([p.positions for p in parts]),
-            n_examples=torch.cat([p.n_examples for p in parts]),
-            loss=torch.cat([p.loss for p in parts]),
-            routing=torch.cat([p.routing for p in parts]),
+            routing_counts=sum((p.routing_counts for p in parts[1:]), parts[0].routing_counts),
+            examples=sum(p.examples for p in parts),
+            loss_sum=sum(p.loss_sum for p in parts),
         )
+
+    @property
+    def empty(self) -> bool:
+        """No upload arrived (a Poisson round may sample nobody)."""
+        return not self._summaries and self.protected is None
 
     def finish(
         self, current: Mapping[str, torch.Tensor], optimizer: ServerOptimizer | None = None
@@ -121,6 +188,19 @@ class RoundAggregator:
         group tensor, which groups changed.
         """
         optimizer = _optimizer(optimizer, self.strategy)
+        if self.release is not None:
+            total = self.protected if self.protected is not None else self.release.empty()
+            total = self.release.central_noise(total, self.round)
+            released_tensors, released_groups, released = self.release.finish(
+                total, current, optimizer
+            )
+            self._released = Received(
+                released.positions,
+                released.routing_counts,
+                released.participants,
+                released.loss_sum,
+            )
+            return released_tensors, released_groups
         if not self.streaming:
             return self._finish_stacked(current, optimizer)
         if self.total <= 0:
@@ -143,8 +223,9 @@ class RoundAggregator:
     ) -> tuple[dict[str, torch.Tensor], dict[str, list[bool]]]:
         if not self.kept:
             raise ValueError("no upload was aggregated")
-        received = self.received
-        weights = client_weights(received.n_examples, self.strategy.weighting)
+        n_examples = torch.cat([part.n_examples for part in self.kept])
+        routing = torch.cat([part.routing for part in self.kept])
+        weights = client_weights(n_examples, self.strategy.weighting)
         new: dict[str, torch.Tensor] = {}
         updated: dict[str, list[bool]] = {}
         for name in self.ownership.names(Owner.GLOBAL):
@@ -154,7 +235,7 @@ class RoundAggregator:
             )
         for name in self.ownership.names(Owner.GROUP):
             deltas = torch.cat([part.deltas[name] for part in self.kept])  # (C, K, ...)
-            routed = routed_mask(received.routing, self.ownership, name)
+            routed = routed_mask(routing, self.ownership, name)
             delta, changed = aggregate_groups(deltas, routed, weights, self.strategy)
             new[name] = optimizer.step(name, current[name], delta, changed)
             updated[name] = changed.tolist()
@@ -167,12 +248,6 @@ def _optimizer(optimizer: ServerOptimizer | None, strategy: StrategyConfig) -> S
     if strategy.server_optimizer != "sgd":
         raise ValueError(f"server_optimizer {strategy.server_optimizer!r} needs a ServerOptimizer")
     return ServerOptimizer(strategy)
-
-
-def raw_weights(n_examples: torch.Tensor, weighting: Weighting) -> torch.Tensor:
-    """Unnormalised client weights (C,) float64: example counts, or ones."""
-    examples = n_examples.to(torch.float64)
-    return examples if weighting == "examples" else torch.ones_like(examples)
 
 
 def client_weights(n_examples: torch.Tensor, weighting: Weighting) -> torch.Tensor:

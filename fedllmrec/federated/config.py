@@ -3,8 +3,10 @@
 * :class:`LocalConfig` (``[federated.local]``): each client's local steps;
 * :class:`StrategyConfig` (``[federated.strategy]``): sampling, dropout, FedProx,
   aggregation and the server optimiser;
+* :class:`PrivacyConfig` (``[federated.privacy]``): secure aggregation, client-level
+  differential privacy, personality-aware weighting (:mod:`fedllmrec.federated.privacy`);
 * :class:`FederationConfig` (``[federated]``): the engine, the partition into clients
-  and the two tables above.
+  and the tables above.
 
 A value out of range is an :class:`~fedllmrec.errors.OptionError` naming its field, which
 the recipe loader reports at its dotted key.
@@ -23,12 +25,18 @@ Weighting = Literal["examples", "uniform"]
 ServerOptimizerName = Literal["sgd", "adam"]
 EngineName = Literal["vmap", "loop", "linear"]
 Partition = Literal["user", "domain"]
+Sampling = Literal["fixed", "poisson"]
+DPMode = Literal["none", "central", "distributed", "local"]
+AwareMode = Literal["none", "norm"]
 
 AGGREGATORS: tuple[str, ...] = get_args(AggregatorName)
 WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
 SERVER_OPTIMIZERS: tuple[str, ...] = get_args(ServerOptimizerName)
 ENGINES: tuple[str, ...] = get_args(EngineName)
 PARTITIONS: tuple[str, ...] = get_args(Partition)
+SAMPLINGS: tuple[str, ...] = get_args(Sampling)
+DP_MODES: tuple[str, ...] = get_args(DPMode)
+AWARE_MODES: tuple[str, ...] = get_args(AwareMode)
 
 
 @dataclass
@@ -66,6 +74,9 @@ class StrategyConfig:
     server_betas: tuple[float, float] = (0.9, 0.999)
     server_eps: float = 1e-8
     fraction: float = 1.0  # share of clients sampled per round
+    # "fixed": round(fraction * N) clients drawn without replacement; "poisson": each client
+    # takes part independently with probability ``fraction`` (DP's amplification by sampling).
+    sampling: Sampling = "fixed"
     min_clients: int = 1
     drop_rate: float = 0.0  # share of sampled clients that fail mid-round
     proximal_mu: float = 0.0  # FedProx: the client adds mu/2 ||w - w_global||^2
@@ -91,11 +102,85 @@ class StrategyConfig:
         self.server_betas = (float(betas[0]), float(betas[1]))
         check("server_eps", self.server_eps > 0.0, "> 0", self.server_eps)
         check("fraction", 0.0 < self.fraction <= 1.0, "in (0, 1]", self.fraction)
+        check("sampling", self.sampling in SAMPLINGS, f"one of {SAMPLINGS}", self.sampling)
         is_int = isinstance(self.min_clients, int) and not isinstance(self.min_clients, bool)
         check("min_clients", is_int, "an int", self.min_clients)
         check("min_clients", self.min_clients >= 1, ">= 1", self.min_clients)
         check("drop_rate", 0.0 <= self.drop_rate < 1.0, "in [0, 1)", self.drop_rate)
         check("proximal_mu", self.proximal_mu >= 0.0, ">= 0", self.proximal_mu)
+
+
+@dataclass
+class PrivacyConfig:
+    """What protects the uploads (a recipe's ``[federated.privacy]``; docs/privacy.md).
+
+    Parameters
+    ----------
+    secure_aggregation : bool
+        The server learns only the round's sum of the fixed-shape uploads (every group
+        slot, the routing one-hot, weight, examples and loss inside the summed vector).
+    dp : {"none", "central", "distributed", "local"}
+        Client-level Gaussian DP on each client's whole upload, clipped to ``clip``:
+        noise added by the server to the sum ("central"), shared out among the round's
+        clients so the secure sum carries it ("distributed", needs secure aggregation),
+        or added by every client to its own upload ("local").
+    clip : float
+        L2 bound C on a client's whole upload (all its tensors as one vector); 0: none.
+    noise_multiplier : float
+        sigma: the noise std is sigma times the upload's sensitivity.
+    delta : float
+        The delta at which epsilon is reported.
+    epsilon_budget : float
+        Stop training before a round would take epsilon past it (0: no budget).
+    aware : {"none", "norm"}
+        Personality-aware aggregation: each client weighs its own upload by
+        ``1 / (1 + |upload| / aware_scale)`` (a large update exposes its client most),
+        from its own upload only, so it works under secure aggregation and keeps the
+        DP sensitivity.
+    aware_scale : float
+        The norm at which an upload's weight halves.
+    """
+
+    secure_aggregation: bool = False
+    dp: DPMode = "none"
+    clip: float = 0.0
+    noise_multiplier: float = 0.0
+    delta: float = 1e-5
+    epsilon_budget: float = 0.0
+    aware: AwareMode = "none"
+    aware_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        check = partial(check_option, "PrivacyConfig")
+        check("dp", self.dp in DP_MODES, f"one of {DP_MODES}", self.dp)
+        check("clip", self.clip >= 0.0, ">= 0", self.clip)
+        check("noise_multiplier", self.noise_multiplier >= 0.0, ">= 0", self.noise_multiplier)
+        check("delta", 0.0 < self.delta < 1.0, "in (0, 1)", self.delta)
+        check("epsilon_budget", self.epsilon_budget >= 0.0, ">= 0", self.epsilon_budget)
+        check("aware", self.aware in AWARE_MODES, f"one of {AWARE_MODES}", self.aware)
+        check("aware_scale", self.aware_scale > 0.0, "> 0", self.aware_scale)
+        if self.dp != "none":
+            check("clip", self.clip > 0.0, "> 0 with dp (the sensitivity)", self.clip)
+            check(
+                "noise_multiplier",
+                self.noise_multiplier > 0.0,
+                "> 0 with dp",
+                self.noise_multiplier,
+            )
+        if self.dp == "distributed":
+            check(
+                "secure_aggregation",
+                self.secure_aggregation,
+                "true with dp = 'distributed' (each noise share alone protects little)",
+                self.secure_aggregation,
+            )
+        if self.epsilon_budget:
+            check("epsilon_budget", self.dp != "none", "0 without dp", self.epsilon_budget)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any protection is on (the plain seam otherwise)."""
+        return self.secure_aggregation or self.dp != "none" or self.aware != "none"
 
 
 @dataclass
@@ -128,6 +213,8 @@ class FederationConfig:
         small experiments and tests. Evaluation still covers every user.
     seed : int
         Seeds client sampling, dropout and clients' draws of local windows.
+    privacy : PrivacyConfig
+        Secure aggregation, client-level DP and personality-aware weighting.
     """
 
     engine: EngineName = "vmap"
@@ -138,6 +225,7 @@ class FederationConfig:
     chunk_windows: int = 128
     max_clients: int = 0
     seed: int = 0
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         check = partial(check_option, "FederationConfig")
@@ -155,3 +243,51 @@ class FederationConfig:
         check("partition", self.partition in PARTITIONS, f"one of {PARTITIONS}", self.partition)
         check("chunk_windows", self.chunk_windows >= 1, ">= 1", self.chunk_windows)
         check("max_clients", self.max_clients >= 0, ">= 0", self.max_clients)
+        self._check_privacy()
+
+    def _check_privacy(self) -> None:
+        """Combinations the protections' mathematics does not allow, refused up front."""
+        privacy, strategy = self.privacy, self.strategy
+        check = partial(check_option, "FederationConfig")
+        fused = self.engine == "linear"
+        if privacy.dp != "none" or privacy.aware != "none":
+            # Clipping, noise shares and the risk weight need each client's own upload.
+            check(
+                "engine",
+                not fused,
+                "'vmap' or 'loop' with dp or aware (each client's upload is clipped)",
+                self.engine,
+            )
+        if privacy.enabled:
+            check(
+                "strategy.aggregator",
+                strategy.aggregator == "mean",
+                "'mean' with privacy (a secure or noisy sum has no median)",
+                strategy.aggregator,
+            )
+        if privacy.dp != "none":
+            check(
+                "strategy.weighting",
+                strategy.weighting == "uniform",
+                "'uniform' with dp (an example-count weight is unbounded)",
+                strategy.weighting,
+            )
+            check(
+                "strategy.sampling",
+                strategy.sampling == "poisson" or strategy.fraction == 1.0,
+                "'poisson' with dp and fraction < 1 (the accountant's sampling)",
+                strategy.sampling,
+            )
+            check(
+                "strategy.min_clients",
+                strategy.sampling != "poisson" or strategy.min_clients == 1,
+                "1 with poisson sampling",
+                strategy.min_clients,
+            )
+        if privacy.dp == "distributed":
+            check(
+                "strategy.drop_rate",
+                strategy.drop_rate == 0.0,
+                "0 with distributed dp (a dropped client's noise share is missing)",
+                strategy.drop_rate,
+            )

@@ -85,6 +85,18 @@ class Ownership(Mapping[str, TensorOwner]):
         """Number of scalars owned by any of ``owners``."""
         return sum(self._owners[name].numel for name in self.names(*owners))
 
+    @property
+    def routing_shape(self) -> tuple[int, int]:
+        """(L, K): routing layers and groups of the group tensors; (0, 0) without any."""
+        groups = [self._owners[name] for name in self.names(Owner.GROUP)]
+        if not groups:
+            return 0, 0
+        layers = {spec.layer for spec in groups}
+        sizes = {spec.shape[0] for spec in groups}
+        if None in layers or len(sizes) != 1:
+            raise OwnershipError(f"group tensors disagree on layers or groups: {layers}, {sizes}")
+        return max(int(layer) for layer in layers if layer is not None) + 1, sizes.pop()
+
     def summary(self) -> dict[str, int]:
         """Scalars per owner, e.g. for a run's record."""
         return {owner.value: self.numel(owner) for owner in Owner}

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from fedllmrec.federated.aggregation import RoundAggregator, client_weights
+from fedllmrec.federated.aggregation import RoundAggregator
 from fedllmrec.federated.config import FederationConfig, StrategyConfig
 from fedllmrec.federated.fedopt import ServerOptimizer
 from fedllmrec.federated.ownership import Ownership
 from fedllmrec.federated.population import ClientPopulation
-from fedllmrec.federated.sampling import drop_clients, sample_clients
+from fedllmrec.federated.sampling import drop_clients, poisson_sample, sample_clients
 from fedllmrec.federated.uploads import download_bytes, upload_bytes
 
 
@@ -42,14 +42,19 @@ class ServerState:
     rng: np.random.Generator  # client sampling and dropouts
     losses: list[float] = field(default_factory=list)  # per round
     records: list[dict[str, Any]] = field(default_factory=list)  # participants, traffic
+    # (N,) rounds each client took part in (local DP's accounting composes over them)
+    participations: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @classmethod
-    def fresh(cls, config: FederationConfig, routing_shape: tuple[int, int]) -> ServerState:
+    def fresh(
+        cls, config: FederationConfig, routing_shape: tuple[int, int], n_clients: int = 0
+    ) -> ServerState:
         """Round 0: no routing seen yet (no balance loss), a fresh optimiser, seeded draws."""
         return cls(
             ServerOptimizer(config.strategy),
             torch.zeros(routing_shape),
             np.random.default_rng(config.seed),
+            participations=np.zeros(n_clients, dtype=np.int64),
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -59,6 +64,7 @@ class ServerState:
             "server_optimizer": self.optimizer.state_dict(),
             "losses": list(self.losses),
             "rounds": [dict(r) for r in self.records],
+            "participations": torch.from_numpy(self.participations.copy()),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -67,6 +73,8 @@ class ServerState:
         self.optimizer.load_state_dict(state["server_optimizer"])
         self.losses = list(state["losses"])
         self.records = [dict(r) for r in state["rounds"]]
+        if "participations" in state:  # absent from checkpoints written before it existed
+            self.participations = state["participations"].numpy().copy()
 
 
 @dataclass(frozen=True)
@@ -88,10 +96,15 @@ def plan_round(
     shared: Mapping[str, torch.Tensor],
 ) -> RoundPlan:
     """Sample the round's clients, drop some, and snapshot what they are sent."""
-    participants = sample_clients(
-        np.arange(n_clients), strategy.fraction, strategy.min_clients, state.rng
-    )
-    survivors, dropped = drop_clients(participants, strategy.drop_rate, state.rng)
+    clients = np.arange(n_clients)
+    if strategy.sampling == "poisson":
+        participants = poisson_sample(clients, strategy.fraction, state.rng)
+    else:
+        participants = sample_clients(clients, strategy.fraction, strategy.min_clients, state.rng)
+    if participants.size:
+        survivors, dropped = drop_clients(participants, strategy.drop_rate, state.rng)
+    else:  # a Poisson draw may take nobody: the round updates nothing (DP still adds noise)
+        survivors, dropped = participants, participants
     sent = {name: tensor.detach().clone() for name, tensor in shared.items()}
     number = len(state.records) + 1
     return RoundPlan(number, participants, survivors, dropped, sent, state.load)
@@ -131,26 +144,42 @@ def finish_round(
     Returns the participants' example-weighted local loss. ``extra`` adds engine-specific
     fields to the round's record (Flower: failed nodes, bytes on the wire).
     """
-    new, _ = aggregator.finish(plan.sent, state.optimizer)
-    with torch.no_grad():
-        for name, value in new.items():
-            shared[name].copy_(value)
-    received = aggregator.received
-    if config.balance_load and received.routing.shape[1]:
-        state.load = routing_load(received.routing, state.load.shape[1])
-    weights = client_weights(received.n_examples, "examples")
-    loss = float((received.loss.double() * weights).sum())
+    if aggregator.empty and aggregator.release is None:
+        loss = state.losses[-1] if state.losses else 0.0  # nobody trained: nothing moves
+        received_clients = 0
+    else:
+        new, _ = aggregator.finish(plan.sent, state.optimizer)
+        with torch.no_grad():
+            for name, value in new.items():
+                shared[name].copy_(value)
+        received = aggregator.received
+        received_clients = int(received.positions.shape[0])
+        counts = received.routing_counts
+        if config.balance_load and counts.shape[0] and received_clients:
+            state.load = shares(counts)
+        loss = received.loss_sum / max(received.examples, 1.0)
+    if state.participations.size:
+        state.participations[plan.survivors] += 1
     state.losses.append(loss)
     state.records.append(
         {
             "participants": int(plan.participants.shape[0]),
             "dropped": int(plan.dropped.shape[0]),
-            "bytes_up": int(received.positions.shape[0]) * upload_bytes(ownership),
+            "bytes_up": received_clients * upload_bytes(ownership),
             "bytes_down": int(plan.participants.shape[0]) * download_bytes(ownership),
             **(extra or {}),
         }
     )
     return loss
+
+
+def shares(counts: torch.Tensor) -> torch.Tensor:
+    """(L, K) float32 rows summing to 1 from routing counts (noisy DP counts clipped at 0)."""
+    # float32 throughout: exact counts give exactly routing_load's shares
+    counts = counts.to(torch.float32).clamp(min=0.0)
+    total = counts.sum(dim=1, keepdim=True)
+    uniform = torch.full_like(counts, 1.0 / counts.shape[1])
+    return torch.where(total > 0, counts / total.clamp(min=1e-12), uniform)
 
 
 def routing_load(groups: torch.Tensor, n_groups: int) -> torch.Tensor:

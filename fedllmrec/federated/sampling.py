@@ -40,6 +40,28 @@ def sample_clients(
     return np.sort(rng.choice(clients, size=n, replace=False))
 
 
+def poisson_sample(clients: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Each client takes part independently with probability ``rate`` (may be none).
+
+    The sampling that differential privacy's amplification by subsampling assumes
+    (Abadi et al. 2016; the accountant's ``PoissonSampledDpEvent``). ``rate == 1``
+    takes everyone and consumes no randomness.
+
+    Returns
+    -------
+    np.ndarray
+        Sorted sampled ids.
+    """
+    clients = np.asarray(clients)
+    if clients.ndim != 1 or clients.size == 0:
+        raise ValueError(f"clients must be a non-empty 1-D array, got shape {clients.shape}")
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"rate must be in (0, 1], got {rate!r}")
+    if rate == 1.0:
+        return np.sort(clients)
+    return np.sort(clients[rng.random(clients.size) < rate])
+
+
 def drop_clients(
     participants: np.ndarray, drop_rate: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -33,6 +33,7 @@ from fedllmrec.federated.engines import Engine, LocalJob, client_engine, engine_
 from fedllmrec.federated.net import ClientNet
 from fedllmrec.federated.ownership import SHARED, Owner, Ownership, declared_ownership
 from fedllmrec.federated.population import ClientPopulation
+from fedllmrec.federated.privacy import Accountant, ClientPrivacy, DPRelease, SecureSum
 from fedllmrec.federated.round import (
     RoundPlan,
     ServerState,
@@ -41,6 +42,7 @@ from fedllmrec.federated.round import (
     plan_round,
 )
 from fedllmrec.federated.uploads import (
+    Part,
     Uploads,
     UploadSum,
     UploadTransform,
@@ -74,6 +76,8 @@ class FederatedRecommender:
     _ownership: Ownership | None = field(default=None, repr=False)
     _population: ClientPopulation | None = field(default=None, repr=False)
     _server: ServerState | None = field(default=None, repr=False)
+    _release: DPRelease | None = field(default=None, repr=False)
+    _client_privacy: ClientPrivacy | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ setup
 
@@ -114,8 +118,27 @@ class FederatedRecommender:
             seed=cfg.seed,
             max_clients=cfg.max_clients,
         )
-        self._server = ServerState.fresh(cfg, self._routing_shape())
+        self._server = ServerState.fresh(cfg, self._routing_shape(), len(self._population))
+        privacy = cfg.privacy
+        if privacy.enabled and self.transforms:
+            raise FedLLMRecError(
+                "upload transforms run before the privacy seam; combine them in one place"
+            )
+        self._release = None
+        if privacy.dp != "none":
+            self._release = DPRelease(privacy, own, self.expected_clients, cfg.seed)
+        self._client_privacy = ClientPrivacy(privacy, self._release, cfg.seed)
         return self
+
+    @property
+    def expected_clients(self) -> float:
+        """Expected uploads per round: the DP mean's fixed denominator."""
+        strategy = self.federation.strategy
+        n = len(self.population)
+        sampled = strategy.fraction * n
+        if strategy.sampling == "fixed":
+            sampled = min(n, max(strategy.min_clients, round(strategy.fraction * n)))
+        return sampled * (1.0 - strategy.drop_rate)
 
     def _domain_windows(self, split: Split) -> np.ndarray:
         """Replace the training windows by per-domain ones; return each window's domain.
@@ -233,9 +256,20 @@ class FederatedRecommender:
     def train_round(self) -> float:
         """One federated round; returns the participants' example-weighted local loss."""
         plan = self.plan_round()
-        aggregator = RoundAggregator(self.ownership, self.federation.strategy)
-        self.local_training(plan.survivors, plan.number, plan.sent, plan.load, aggregator.add)
+        aggregator = self.new_aggregator(plan.number)
+        self.local_training(
+            plan.survivors,
+            plan.number,
+            plan.sent,
+            plan.load,
+            aggregator.add,
+            cohort=len(plan.participants),
+        )
         return self.finish_round(plan, aggregator)
+
+    def new_aggregator(self, round_: int) -> RoundAggregator:
+        """The server's aggregator for round ``round_`` (with the DP mechanism, if on)."""
+        return RoundAggregator(self.ownership, self.federation.strategy, self._release, round_)
 
     def train_epoch(self) -> float:
         """The trainer's unit of training: one round (:meth:`train_round`)."""
@@ -253,25 +287,51 @@ class FederatedRecommender:
         round_: int,
         sent: Mapping[str, torch.Tensor],
         load: torch.Tensor,
-        emit: Callable[[Uploads | UploadSum], None],
+        emit: Callable[[Part], None],
         engine: Engine | None = None,
+        cohort: int | None = None,
+        secure: bool | None = None,
     ) -> None:
         """Local training of the clients at ``positions`` in round ``round_``.
 
-        Each client starts from ``sent`` and keeps its new private rows; its upload passes
-        :attr:`transforms` and goes to ``emit``. ``engine`` defaults to the configured one
-        (a Flower node passes the per-client engine a real client runs).
+        Each client starts from ``sent`` and keeps its new private rows. Its upload passes
+        the seam: :attr:`transforms`, then the client's protections (risk weight,
+        clipping, DP noise: :class:`~fedllmrec.federated.privacy.ClientPrivacy`), then,
+        under secure aggregation, the secure sum: ``emit`` then receives one sum of every
+        client trained here, once, at the end (the protocol's output), else each chunk's
+        uploads. ``engine`` defaults to the configured one (a Flower node passes the
+        per-client engine a real client runs); ``cohort`` is the round's number of
+        participants (distributed DP's noise share; default ``len(positions)``);
+        ``secure`` overrides the secure sum (a Flower node under SecAgg+ masks each
+        client's vector itself).
         """
         engine = engine or self.engine
+        cohort = len(positions) if cohort is None else cohort
+        secure = self.federation.privacy.secure_aggregation if secure is None else secure
         chunks = list(chunk_clients(self.population, positions, round_, self.federation))
         job = LocalJob(
             self.net, self.ownership, self.population, chunks, round_, sent, load, self.federation
         )
+        protect = self._client_privacy
+        assert protect is not None
+        summed = SecureSum(self.ownership, self.federation.strategy.weighting) if secure else None
+
+        def seam(part: Uploads | UploadSum) -> None:
+            out: Part = transform_uploads(part, self.transforms, round_)
+            if isinstance(out, Uploads):
+                out = protect(out, round_, cohort)
+            if summed is not None:
+                summed.add(out)
+            else:
+                emit(out)
+
         self.net.train()
         try:
-            engine.run(job, lambda part: emit(transform_uploads(part, self.transforms, round_)))
+            engine.run(job, seam)
         finally:
             self.net.eval()
+        if summed is not None and (total := summed.result()) is not None:
+            emit(total)
 
     def client_engine(self) -> Engine:
         """The engine a real client runs: its own upload, one client at a time (batched)."""
@@ -281,7 +341,7 @@ class FederatedRecommender:
         self, plan: RoundPlan, aggregator: RoundAggregator, extra: Mapping[str, Any] | None = None
     ) -> float:
         """Aggregate the round's uploads into the live model; keep load and records."""
-        return finish_round(
+        loss = finish_round(
             self.server,
             plan,
             aggregator,
@@ -290,6 +350,55 @@ class FederatedRecommender:
             self.federation,
             extra,
         )
+        if self.accountant is not None:
+            self.server.records[-1]["epsilon"] = self.epsilon()
+        return loss
+
+    # ------------------------------------------------------------------ privacy
+
+    @property
+    def release(self) -> DPRelease | None:
+        """The server's DP mechanism (header code, noise scale); None without DP."""
+        return self._release
+
+    @property
+    def accountant(self) -> Accountant | None:
+        """The DP accountant of this federation (None without DP)."""
+        privacy, strategy = self.federation.privacy, self.federation.strategy
+        if privacy.dp == "none":
+            return None
+        return Accountant(
+            privacy.noise_multiplier, strategy.fraction, privacy.delta, local=privacy.dp == "local"
+        )
+
+    def epsilon(self, rounds: int | None = None) -> float:
+        """Epsilon at the configured delta after ``rounds`` (default: those run so far).
+
+        Local DP reports the worst client's (its participations); infinite without DP.
+        """
+        accountant = self.accountant
+        if accountant is None:
+            return float("inf")
+        server = self.server
+        if rounds is None:
+            rounds = (
+                int(server.participations.max(initial=0))
+                if accountant.local
+                else len(server.records)
+            )
+        return accountant.epsilon(rounds)
+
+    def budget_spent(self) -> bool:
+        """Whether one more round would take epsilon past ``privacy.epsilon_budget``."""
+        budget = self.federation.privacy.epsilon_budget
+        if not budget or self.accountant is None:
+            return False
+        if self.accountant.local:
+            # Worst case: the most frequent client takes part in the next round too.
+            rounds = int(self.server.participations.max(initial=0)) + 1
+        else:
+            rounds = len(self.server.records) + 1
+        return self.epsilon(rounds) > budget
 
     # ------------------------------------------------------------------ records
 
@@ -313,8 +422,33 @@ class FederatedRecommender:
                 "download_bytes_per_client": download_bytes(own),
                 "full_model_bytes": full,
                 "scalars_by_owner": own.summary(),
-            }
+            },
+            "privacy": self.privacy_info(),
         }
+
+    def privacy_info(self) -> dict[str, Any]:
+        """The run's protections and its epsilon at delta (metrics.json's ``privacy``)."""
+        privacy = self.federation.privacy
+        info: dict[str, Any] = {
+            "secure_aggregation": privacy.secure_aggregation,
+            "dp": privacy.dp,
+            "aware": privacy.aware,
+        }
+        accountant, release = self.accountant, self._release
+        if accountant is not None and release is not None:
+            info |= {
+                "clip": privacy.clip,
+                "noise_multiplier": privacy.noise_multiplier,
+                "sensitivity": release.sensitivity,
+                "noise_std": release.std,
+                "expected_clients": release.expected_clients,
+                "sampling": accountant.sampling,
+                "delta": privacy.delta,
+                "epsilon": self.epsilon(),
+                "epsilon_budget": privacy.epsilon_budget,
+                "budget_spent": self.budget_spent(),
+            }
+        return info
 
     # ------------------------------------------------------------------ state
 

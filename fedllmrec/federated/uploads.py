@@ -14,10 +14,14 @@ Flower, and every model, get them alike.
   never part of it.
 * :class:`ClientUpload` is one client's upload on the wire (safetensors): the
   routed group slice only, the example count, routing and loss in its header.
-* :class:`UploadSum` is a round's uploads already summed: what the fused ``linear``
-  engine computes (it never forms a client's delta), and all that a secure
-  aggregation protocol reveals. A transform that needs each client's upload cannot
-  apply to it: such a federation must use a per-client engine.
+* :class:`UploadSum` is uploads already summed, header included (examples, loss,
+  routing counts): what the fused ``linear`` engine computes (it never forms a
+  client's delta), and all that secure aggregation reveals. A transform that needs
+  each client's upload cannot apply to it: such a federation must use a per-client
+  engine.
+* :class:`ProtectedUploads` / :class:`ProtectedSum` are the same under client-level
+  DP (:mod:`fedllmrec.federated.privacy`): each client's whole upload clipped, its
+  header a bounded vector, noise possibly added; no exact per-client field is left.
 """
 
 from __future__ import annotations
@@ -49,9 +53,32 @@ class Uploads:
     loss: torch.Tensor  # (C,) float32 mean local task loss
     routing: torch.Tensor  # (C, L) group chosen at each layer; (C, 0) without groups
     deltas: dict[str, torch.Tensor] = field(default_factory=dict)
+    # (C,) a factor on each client's aggregation weight (personality-aware weighting)
+    weight_scale: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.positions.shape[0])
+
+    def summed(self, weights: torch.Tensor, ownership: Ownership) -> UploadSum:
+        """These uploads as the sum a secure aggregation reveals (``weights``: (C,) raw)."""
+        w = weights.to(torch.float64)
+        if self.weight_scale is not None:
+            w = w * self.weight_scale.to(torch.float64)
+        w32 = w.to(torch.float32)
+        sums = {name: torch.tensordot(w32, d, dims=1) for name, d in self.deltas.items()}
+        group_weight = {
+            name: (w[:, None] * routed_mask(self.routing, ownership, name)).sum(0)
+            for name in ownership.names(Owner.GROUP)
+        }
+        return UploadSum(
+            positions=self.positions,
+            sums=sums,
+            total_weight=float(w.sum()),
+            group_weight=group_weight,
+            routing_counts=routing_counts(self.routing, ownership.routing_shape),
+            examples=float(self.n_examples.double().sum()),
+            loss_sum=float((self.n_examples.double() * self.loss.double()).sum()),
+        )
 
     @classmethod
     def dense(
@@ -119,21 +146,77 @@ class Uploads:
 
 @dataclass
 class UploadSum:
-    """A round's uploads summed over its clients (the fused ``linear`` engine's output).
+    """Uploads summed over their clients, header included: all a secure sum reveals.
 
     ``sums`` holds, per shared tensor, the sum of weight x delta over the clients (for a
     group tensor, group k summed over the clients routed to k); ``total_weight`` the summed
     client weights and ``group_weight`` (K,) per group tensor the summed weight per group.
-    The per-client header (positions, examples, loss, routing) feeds the round's records.
+    ``positions`` says who took part (a secure aggregation protocol knows its survivors);
+    nothing else per client is left.
+    """
+
+    positions: np.ndarray  # (C,) the clients summed
+    sums: dict[str, torch.Tensor]
+    total_weight: float
+    group_weight: dict[str, torch.Tensor]  # (K,) float64 per group tensor
+    routing_counts: torch.Tensor  # (L, K) float64 clients routed to each group, per layer
+    examples: float  # summed training examples
+    loss_sum: float  # summed examples x mean local loss
+
+    def __add__(self, other: UploadSum) -> UploadSum:
+        return UploadSum(
+            positions=np.concatenate([self.positions, other.positions]),
+            sums={name: value + other.sums[name] for name, value in self.sums.items()},
+            total_weight=self.total_weight + other.total_weight,
+            group_weight={n: w + other.group_weight[n] for n, w in self.group_weight.items()},
+            routing_counts=self.routing_counts + other.routing_counts,
+            examples=self.examples + other.examples,
+            loss_sum=self.loss_sum + other.loss_sum,
+        )
+
+
+@dataclass
+class ProtectedUploads:
+    """C clients' uploads under client-level DP: no exact per-client field is left.
+
+    ``deltas`` are dense (group slices zero where not routed), the client's whole upload
+    clipped to the bound C; ``header`` (C, H) is the bounded header vector that replaces
+    examples, loss and routing (:class:`fedllmrec.federated.privacy.DPRelease` codes and
+    decodes it). Local or distributed DP noise is already in both.
     """
 
     positions: np.ndarray  # (C,)
-    n_examples: torch.Tensor  # (C,) float64
-    loss: torch.Tensor  # (C,)
-    routing: torch.Tensor  # (C, L)
+    deltas: dict[str, torch.Tensor]  # name -> (C, *shape)
+    header: torch.Tensor  # (C, H)
+
+    def __len__(self) -> int:
+        return int(self.positions.shape[0])
+
+    def summed(self) -> ProtectedSum:
+        return ProtectedSum(
+            self.positions,
+            {name: d.sum(0) for name, d in self.deltas.items()},
+            self.header.sum(0),
+        )
+
+
+@dataclass
+class ProtectedSum:
+    """:class:`ProtectedUploads` summed over their clients (a secure sum's output)."""
+
+    positions: np.ndarray  # (C,)
     sums: dict[str, torch.Tensor]
-    total_weight: float
-    group_weight: dict[str, torch.Tensor]
+    header: torch.Tensor  # (H,)
+
+    def __add__(self, other: ProtectedSum) -> ProtectedSum:
+        return ProtectedSum(
+            np.concatenate([self.positions, other.positions]),
+            {name: value + other.sums[name] for name, value in self.sums.items()},
+            self.header + other.header,
+        )
+
+
+Part = Uploads | UploadSum | ProtectedUploads | ProtectedSum
 
 
 class UploadTransform(Protocol):
@@ -164,6 +247,21 @@ def transform_uploads(
             raise FedLLMRecError(f"upload transform {transform!r} changed the clients")
         part = out
     return part
+
+
+def raw_weights(n_examples: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Unnormalised client weights (C,) float64: example counts ("examples"), or ones."""
+    examples = n_examples.to(torch.float64)
+    return examples if weighting == "examples" else torch.ones_like(examples)
+
+
+def routing_counts(routing: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(L, K) float64: how many of the clients of ``routing`` (C, L) chose each group."""
+    n_layers, n_groups = shape
+    if not n_layers:
+        return torch.zeros(0, n_groups, dtype=torch.float64)
+    one_hot = torch.nn.functional.one_hot(routing.long(), n_groups)  # (C, L, K)
+    return one_hot.sum(0).to(torch.float64)
 
 
 def routed_mask(routing: torch.Tensor, ownership: Ownership, name: str) -> torch.Tensor:

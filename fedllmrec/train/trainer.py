@@ -155,6 +155,7 @@ class _State:
     bad_evals: int = 0
     train_seconds: float = 0.0
     early_stopped: bool = False
+    budget_stopped: bool = False  # a DP run stopped before its privacy budget ran out
 
 
 class Trainer:
@@ -241,7 +242,12 @@ class Trainer:
             task = progress.add_task(
                 "train", total=self.config.max_epochs, completed=state.epoch, status=""
             )
+            # A model may have a budget of its own (a DP run's epsilon): it says when it is spent.
+            budget_spent = getattr(model, "budget_spent", lambda: False)
             while state.epoch < self.config.max_epochs and not state.early_stopped:
+                if budget_spent():
+                    state.budget_stopped = True
+                    break
                 start = time.perf_counter()
                 loss = float(model.train_epoch())
                 state.train_seconds += time.perf_counter() - start
@@ -336,6 +342,7 @@ class Trainer:
             "best_epoch": state.best_epoch,
             "stopped_epoch": state.epoch,
             "early_stopped": state.early_stopped,
+            "budget_stopped": state.budget_stopped,
             "monitor": self.config.monitor,
             "mode": self.config.direction,
             "valid": state.best_valid,

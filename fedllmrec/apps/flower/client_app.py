@@ -30,7 +30,7 @@ from fedllmrec.apps.flower.config import (
 )
 from fedllmrec.errors import FedLLMRecError
 from fedllmrec.federated.simulator import FederatedRecommender
-from fedllmrec.federated.uploads import Uploads, UploadSum
+from fedllmrec.federated.uploads import Part, Uploads
 
 PRIVATE_STATE = "fedllmrec.private"  # context.state key of a node's private rows
 
@@ -112,7 +112,7 @@ def train(msg: Message, context: Context) -> Message:
     fed.check_shared(sent)  # clients start from ``sent``: the live tensors stay as they are
     load = record_tensors(msg.content.array_records["load"])["load"]
     _load_private(node, context.state, positions)
-    parts: list[Uploads | UploadSum] = []
+    parts: list[Part] = []
     round_ = record_int(run["round"])
     fed.local_training(positions, round_, sent, load, parts.append, fed.client_engine())
     stored = context.state.array_records.get(PRIVATE_STATE, ArrayRecord())

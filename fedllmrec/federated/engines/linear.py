@@ -31,7 +31,7 @@ from torch import nn
 from fedllmrec.federated.aggregation import raw_weights
 from fedllmrec.federated.engines.base import Emit, LocalJob
 from fedllmrec.federated.ownership import SHARED, Owner
-from fedllmrec.federated.uploads import UploadSum
+from fedllmrec.federated.uploads import UploadSum, routing_counts
 from fedllmrec.models.mrff import MRFF, Routing, UserRows, balance_loss, group_ffn_mode
 from fedllmrec.models.sasrec import trim_left_padding
 
@@ -120,15 +120,16 @@ class LinearEngine:
                 0, routing[:, layer], weights
             )
         net.zero_grad(set_to_none=True)
+        n_examples = torch.from_numpy(population.examples[done]).to(torch.float64)
         emit(
             UploadSum(
                 positions=done,
-                n_examples=torch.from_numpy(population.examples[done]).to(torch.float64),
-                loss=torch.cat(loss_parts),
-                routing=routing,
                 sums=sums,
                 total_weight=float(weights.sum()),
                 group_weight=group_weight,
+                routing_counts=routing_counts(routing, own.routing_shape),
+                examples=float(n_examples.sum()),
+                loss_sum=float((n_examples * torch.cat(loss_parts).double()).sum()),
             )
         )
 
