@@ -159,45 +159,55 @@ def _windows(data: bytes, row: torch.Tensor, width: int = 8) -> list[bytes]:
 
 
 def test_an_upload_holds_no_private_byte(kuaisar_split: Split) -> None:
+    """Every client of a round: no 8-byte run of its private parameters (before or after
+    training) or of its private buffers (its feature codes) is in what it sends."""
     fed = click_mrff(max_clients=4).setup(kuaisar_split)
     own = fed.ownership
     before = {n: t.clone() for n, t in fed.state_dict()["net"].items()}
-    part = local_uploads(fed, np.arange(4))[0]
-    position = part.positions[:1]
-    user = int(fed.clients[position[0]])
-    upload = part.client(0, user, own)
-    wire = upload.to_bytes()
-    # Names: every global delta, and per group tensor exactly the routed group's slice.
+    parts = local_uploads(fed, np.arange(4))
+    buffers = [n for n in own.names(Owner.PRIVATE) if not own[n].is_parameter]
+    assert buffers == ["model.user_features"], "the user's feature values are a private buffer"
     groups = [n for n in own.names(Owner.GROUP)]
-    expected = set(own.names(Owner.GLOBAL)) | {
-        f"{n}/{upload.routing[own[n].layer or 0]}" for n in groups
-    }
-    assert set(upload.arrays) == expected
-    assert set(ClientUpload.from_bytes(wire).arrays) == expected
-    # The seam's dense form is zero in every group slice the client was not routed to.
-    for name in groups:
-        routed = upload.routing[own[name].layer or 0]
-        others = [k for k in range(own[name].shape[0]) if k != routed]
-        assert not part.deltas[name][0, others].any()
-    # Bytes: no 8-byte run of the client's private rows, before or after training, is sent.
-    after = fed.private_rows(position)
-    assert set(after) == set(own.private_parameters())
-    private_rows = [before[n][user] for n in own.names(Owner.PRIVATE) if own[n].is_parameter]
-    private_rows += [rows[0] for rows in after.values()]
-    assert any(not torch.equal(before[n][user], after[n][0]) for n in after)  # rows trained
-    checked = 0
-    for row in private_rows:
-        for window in _windows(wire, row):
-            if window.strip(b"\x00"):  # zero bytes are not information about the user
-                assert window not in wire
-                checked += 1
-    assert checked > 1000
-    # The check has teeth: a leaked private row is caught.
-    leaked = after["model.user_emb.weight"][0]
-    leaky = dataclasses.replace(upload, arrays={**upload.arrays, "x": leaked})
-    assert any(w in leaky.to_bytes() for w in _windows(wire, leaked))
-    # And the size is what the round accounts for (payload + small header).
-    assert upload_bytes(own) <= len(wire) < upload_bytes(own) + 16_384
+    checked = clients = 0
+    for part in parts:
+        after = fed.private_rows(part.positions)
+        assert set(after) == set(own.private_parameters())
+        for index, position in enumerate(part.positions.tolist()):
+            user = int(fed.clients[position])
+            upload = part.client(index, user, own)
+            wire = upload.to_bytes()
+            # Names: every global delta, and per group tensor exactly the routed group's slice.
+            expected = set(own.names(Owner.GLOBAL)) | {
+                f"{n}/{upload.routing[own[n].layer or 0]}" for n in groups
+            }
+            assert set(upload.arrays) == expected
+            assert set(ClientUpload.from_bytes(wire).arrays) == expected
+            # The seam's dense form is zero in every group slice the client was not routed to.
+            for name in groups:
+                routed = upload.routing[own[name].layer or 0]
+                others = [k for k in range(own[name].shape[0]) if k != routed]
+                assert not part.deltas[name][index, others].any()
+            rows = [before[n][user] for n in own.names(Owner.PRIVATE)]  # parameters, buffers
+            rows += [value[index] for value in after.values()]
+            assert any(not torch.equal(before[n][user], after[n][index]) for n in after)
+            for row in rows:
+                for window in _windows(wire, row):
+                    if window.strip(b"\x00"):  # zero bytes are not information about the user
+                        assert window not in wire
+                        checked += 1
+            clients += 1
+            # And the size is what the round accounts for (payload + small header).
+            assert upload_bytes(own) <= len(wire) < upload_bytes(own) + 16_384
+    assert clients == 4 and checked > 4000
+    # The check has teeth: a leaked private row or feature code is caught.
+    part = parts[0]
+    upload = part.client(0, int(fed.clients[part.positions[0]]), own)
+    for leaked in (
+        fed.private_rows(part.positions[:1])["model.user_emb.weight"][0],
+        before["model.user_features"][int(fed.clients[part.positions[0]])],
+    ):
+        leaky = dataclasses.replace(upload, arrays={**upload.arrays, "x": leaked})
+        assert any(w in leaky.to_bytes() for w in _windows(b"", leaked) if w.strip(b"\x00"))
 
 
 # ---------------------------------------------------------------- engines
