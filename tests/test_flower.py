@@ -7,10 +7,15 @@ each client's private rows, kept on its node) must agree up to float rounding. T
 recipes: the release's local Adam (small, 2 of 3 clients sampled a round), and the
 FedAdam recipe at its own size (MRFF's widths, one drawn window per client) whose
 simulator runs the fused ``linear`` engine while every node computes per-client uploads.
+
+The secure-aggregation test runs the small recipe with ``secure_aggregation = true`` on 2
+SuperNodes (flwr's SecAgg+) and checks each round's unmasked sum against the plain sum of
+the same uploads (the nodes' training replayed in process) within SecAgg+'s rounding bound.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -18,12 +23,16 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import psutil
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict, UserConfig
+from flwr.serverapp import ServerApp
+from flwr.supercore.task_identity import TaskIdentity
 from safetensors.torch import load_file
 
 from fedllmrec.apps.flower import (
@@ -38,10 +47,20 @@ from fedllmrec.apps.flower import (
     partition_positions,
     tensor_record,
 )
+from fedllmrec.apps.flower.config import check_flower_privacy
+from fedllmrec.apps.flower.secagg import (
+    CLIP_REFUSAL,
+    SecureCodec,
+    SecureSettings,
+    reconstruction_threshold,
+)
 from fedllmrec.errors import FedLLMRecError
+from fedllmrec.federated.config import FederationConfig, PrivacyConfig, StrategyConfig
 from fedllmrec.federated.ownership import Owner
+from fedllmrec.federated.privacy import SecureSum
+from fedllmrec.federated.round import RoundPlan
 from fedllmrec.federated.simulator import FederatedRecommender
-from fedllmrec.federated.uploads import ClientUpload
+from fedllmrec.federated.uploads import ClientUpload, ProtectedSum, UploadSum
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,30 +171,30 @@ class _Descendants:
         return [p.pid for p in alive]
 
 
-@pytest.fixture(scope="module")
-def flower_run(
-    case: Case, data_root: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Path]:
-    """Run the Flower simulation once per case; every process it starts is gone afterwards."""
-    import ray
-    from flwr.simulation import run_simulation
-
-    out = tmp_path_factory.mktemp("flower")
-    config: UserConfig = {
+def _run_config(case: Case, data_root: Path, out: Path, **extra: int | str) -> UserConfig:
+    return {
         "num-server-rounds": case.rounds,
         "recipe": str(REPO / "recipes" / case.recipe),
         "set": "; ".join(case.overrides),
         "data-dir": str(data_root),
         "out-dir": str(out),
         "num-threads": 1,
+        **extra,
     }
+
+
+def _simulate(server_app: ServerApp, num_supernodes: int) -> None:
+    """``run_simulation`` on one Ray actor; every process it starts is gone afterwards."""
+    import ray
+    from flwr.simulation import run_simulation
+
     pythonpath = os.environ.get("PYTHONPATH")  # the Ray backend rewrites it for its workers
     with _Descendants() as started:
         try:
             run_simulation(
-                make_server_app(config),
+                server_app,
                 client_app,
-                num_supernodes=3,
+                num_supernodes=num_supernodes,
                 # One actor on one CPU: the machine is shared, and one actor serving every
                 # node exercises per-node state (private rows), not per-process memory.
                 backend_config={
@@ -193,6 +212,15 @@ def flower_run(
     assert started.seen, "the simulation ran no worker process"
     killed = started.stop_all(grace=30.0)
     assert not killed, f"processes still running 30 s after the simulation: {killed}"
+
+
+@pytest.fixture(scope="module")
+def flower_run(
+    case: Case, data_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """Run the Flower simulation once per case; every process it starts is gone afterwards."""
+    out = tmp_path_factory.mktemp("flower")
+    _simulate(make_server_app(_run_config(case, data_root, out)), num_supernodes=3)
     yield out
 
 
@@ -234,6 +262,10 @@ def test_flower_matches_simulator(
 
 
 def _message(content: RecordDict, message_type: str) -> Message:
+    try:
+        TaskIdentity.run_id  # noqa: B018 (set by a simulation that ran in this process)
+    except RuntimeError:  # none did (a -k selection): a Message needs the sender's identity
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
     return Message(content, dst_node_id=1, message_type=message_type)
 
 
@@ -307,3 +339,189 @@ def test_pyproject_declares_the_app() -> None:
     app = config["tool"]["flwr"]["app"]
     assert app["config"] == RUN_CONFIG_DEFAULTS  # `flwr run` overrides only declared keys
     assert "federations" not in config["tool"]["flwr"]  # flwr 1.41 would rewrite the file
+
+
+# ---------------------------------------------------------------- secure aggregation (SecAgg+)
+
+SECURE = Case(
+    "mrff-fed-kuaisar.toml",
+    (
+        "model.max_len=20",
+        "model.dim=16",
+        "model.dropout=0",
+        "model.user_hidden=8",
+        "federated.max_clients=8",
+        "federated.privacy.secure_aggregation=true",
+    ),
+    rounds=2,
+    clients=8,
+    participants=8,
+)
+SECURE_NODES = 2
+
+
+@dataclass
+class SecureFlowerRun:
+    out: Path
+    received: list[tuple[RoundPlan, UploadSum | ProtectedSum]]  # each round's unmasked sum
+
+
+@pytest.fixture(scope="module")
+def secure_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> SecureFlowerRun:
+    """The secure recipe on 2 SuperNodes (SecAgg+), recording what the server received."""
+    out = tmp_path_factory.mktemp("flower-secure")
+    received: list[tuple[RoundPlan, UploadSum | ProtectedSum]] = []
+    config = _run_config(SECURE, data_root, out, **{"eval-role": ""})
+    app = make_server_app(config, observe=lambda plan, total: received.append((plan, total)))
+    _simulate(app, num_supernodes=SECURE_NODES)
+    return SecureFlowerRun(out, received)
+
+
+def test_secure_sum_equals_plain_sum_within_quantisation(
+    secure_run: SecureFlowerRun, data_root: Path
+) -> None:
+    """Each round's SecAgg+ sum against the plain sum of the same uploads.
+
+    The nodes' training is replayed in process from each round's plan (each node's clients
+    chunked as the node chunks them) and summed exactly by ``SecureSum``. Every entry must
+    agree within SecAgg+'s rounding bound (``SecureCodec.error_bound``: parties x 2 x
+    scale / T) plus the float32 rounding of two sums of at most 8 terms; counts, weights
+    and examples exactly (integers, rounded back). The server's step on the secure sum and
+    the same step on the plain sum (from the same sent tensors) then differ by at most that
+    bound over the summed weight (sgd, server_lr 1)."""
+    ref = _source(SECURE, data_root).load().build_federation()
+    own = ref.ownership
+    settings = SecureSettings()
+    history = json.loads((secure_run.out / "history.json").read_text())
+    assert len(secure_run.received) == len(history["rounds"]) == SECURE.rounds
+    levels = settings.quantization_range(SECURE_NODES)
+    eps = float(np.finfo(np.float32).eps)
+    bound = np.zeros(0)
+    for (plan, secure), record in zip(secure_run.received, history["rounds"], strict=True):
+        assert record["secagg_parties"] == SECURE_NODES and record["failed"] == 0
+        assert record["secagg_quantization_range"] == levels == 2**30
+        shares = [
+            np.intersect1d(partition_positions(SECURE.clients, p, SECURE_NODES), plan.survivors)
+            for p in range(SECURE_NODES)
+        ]
+        plain_sum = SecureSum(own, ref.federation.strategy.weighting)
+        for positions in shares:
+            ref.local_training(
+                positions,
+                plan.number,
+                plan.sent,
+                plan.load,
+                plain_sum.add,
+                ref.client_engine(),
+                cohort=len(plan.participants),
+                secure=False,
+            )
+        plain = plain_sum.result()
+        assert isinstance(secure, UploadSum) and isinstance(plain, UploadSum)
+        codec = SecureCodec.of(ref, max(map(len, shares)), len(plan.participants), settings)
+        bound = codec.error_bound(SECURE_NODES, levels)
+        offset = 0
+        for name in codec.layout.names:
+            want = plain.sums[name].double()
+            n = want.numel()
+            tolerance = bound[offset : offset + n].max() + 8 * eps * float(want.abs().max())
+            offset += n
+            assert float((secure.sums[name].double() - want).abs().max()) <= tolerance, name
+        torch.testing.assert_close(secure.routing_counts, plain.routing_counts, rtol=0, atol=0)
+        for name, weight in plain.group_weight.items():
+            torch.testing.assert_close(secure.group_weight[name], weight, rtol=0, atol=0)
+        assert secure.total_weight == plain.total_weight == SECURE.participants  # uniform
+        assert secure.examples == plain.examples
+        loss_bound = bound[-1] + 8 * eps * plain.loss_sum
+        assert abs(secure.loss_sum - plain.loss_sum) <= loss_bound
+
+        aggregator = ref.new_aggregator(plan.number)
+        aggregator.add(plain)
+        ref.finish_round(plan, aggregator)  # the plain sum's step, from the same sent tensors
+        assert history["losses"][plan.number - 1] == pytest.approx(
+            ref.losses[-1], rel=0, abs=loss_bound / plain.examples + 1e-12
+        )
+        assert record["bytes_up"] == ref.server.records[-1]["bytes_up"]
+
+    # The last step: a global tensor moves by the mean over the 8 clients, group k of a
+    # group tensor by the mean over its routed clients (>= 1); + 1 float32 ulp of a weight.
+    final = load_file(secure_run.out / "server.safetensors")
+    offset = 0
+    for name, value in ref.shared_tensors().items():
+        n = value.numel()
+        weight = SECURE.participants if own[name].owner is Owner.GLOBAL else 1
+        tolerance = bound[offset : offset + n].max() / weight + eps * float(
+            value.detach().abs().max()
+        )
+        offset += n
+        torch.testing.assert_close(final[name], value.detach(), rtol=0, atol=tolerance)
+
+
+def test_secure_codec_refuses_what_secagg_would_clip(source: RecipeSource) -> None:
+    fed = node_federation(source).fed
+    settings = SecureSettings()
+    codec = SecureCodec.of(fed, node_clients=2, cohort=3, settings=settings)
+    layout = codec.layout
+    assert codec.scale.shape == (layout.size,)
+    lk = 2 * 4  # MRFF here: L = 2 layers of K = 4 groups
+    head = layout.size - layout.header
+    # uniform weights: a client moves a coordinate by <= delta_bound, a count by 1
+    assert codec.scale[0] == 2 * settings.delta_bound and codec.scale[head] == 2.0
+    assert codec.integral[head : head + 2 * lk + 2].all() and not codec.integral[-1]
+    vector = np.zeros(layout.size)
+    vector[head : head + lk] = np.tile([2.0, 0.0, 0.0, 0.0], 2)  # 2 clients, both group 0
+    vector[0], vector[-1] = 3.0, 1.4
+    back = codec.decode(codec.encode(vector), parties=2, quantization_range=2**30)
+    np.testing.assert_allclose(back, vector)
+    vector[5] = 2.5 * codec.scale[5]  # over its bound: refused, without naming the value
+    refusal = f"^{CLIP_REFUSAL} a tensor delta summed on this node at its public bound 16;"
+    with pytest.raises(FedLLMRecError, match=refusal):
+        codec.encode(vector)
+    vector[5] = np.nan
+    with pytest.raises(FedLLMRecError, match=CLIP_REFUSAL):
+        codec.encode(vector)
+    assert [settings.quantization_range(n) for n in (2, 3, 4, 5)] == [2**30, 2**30, 2**29, 2**29]
+    with pytest.raises(FedLLMRecError, match=">= 2 SuperNodes"):
+        settings.quantization_range(1)
+    with pytest.raises(FedLLMRecError, match="quantisation levels"):
+        settings.quantization_range(2**16)
+    assert [reconstruction_threshold(n) for n in (2, 3, 4, 5)] == [2, 2, 3, 3]
+
+
+def test_secure_node_refuses_plain_train(data_root: Path) -> None:
+    """Under secure aggregation a node never sends a client's upload."""
+    source = _source(SECURE, data_root)
+    fed = node_federation(source).fed
+    context = Context(1, 1, {"partition-id": 0, "num-partitions": 2}, RecordDict(), {})
+    content = RecordDict(
+        {
+            "recipe": source.to_record(),
+            "run": ConfigRecord({"num-threads": 1, "round": 1, "clients": [0]}),
+            "shared": tensor_record(fed.shared_tensors()),
+            "load": tensor_record({"load": torch.zeros(fed.server.load.shape)}),
+        }
+    )
+    with pytest.raises(FedLLMRecError, match="SecAgg\\+-masked sums only"):
+        client_app(_message(content, "train"), context)
+    assert PRIVATE_STATE not in context.state.array_records
+
+
+def test_flower_refuses_privacy_the_plain_path_cannot_carry() -> None:
+    strategy = StrategyConfig(weighting="uniform")
+    for privacy in [
+        PrivacyConfig(dp="central", clip=1.0, noise_multiplier=1.0),
+        PrivacyConfig(aware="norm"),
+    ]:
+        fed = cast(
+            FederatedRecommender,
+            SimpleNamespace(federation=FederationConfig(strategy=strategy, privacy=privacy)),
+        )
+        with pytest.raises(FedLLMRecError, match="need secure_aggregation = true"):
+            check_flower_privacy(fed)
+        secure = dataclasses.replace(privacy, secure_aggregation=True)
+        check_flower_privacy(
+            cast(
+                FederatedRecommender,
+                SimpleNamespace(federation=FederationConfig(strategy=strategy, privacy=secure)),
+            )
+        )

@@ -5,7 +5,9 @@ function calls: the same seeded sampling and dropout, the same local training
 (:meth:`~fedllmrec.federated.simulator.FederatedRecommender.local_training`) and
 upload transforms, the same wire format
 (:class:`~fedllmrec.federated.uploads.ClientUpload`) and the same aggregation, so a
-Flower run and the in-process simulator agree up to float rounding. See
+Flower run and the in-process simulator agree up to float rounding. Under
+``federated.privacy.secure_aggregation`` the local training runs as flwr's SecAgg+, each
+SuperNode one party, and the server learns only the round's sum (:mod:`.secagg`). See
 :mod:`.config` for the run configuration, :mod:`.client_app` and :mod:`.server_app`.
 """
 
@@ -18,13 +20,17 @@ from fedllmrec.apps.flower.config import (
     partition_positions,
     tensor_record,
 )
-from fedllmrec.apps.flower.server_app import make_server_app, server_app
+from fedllmrec.apps.flower.secagg import SecureCodec, SecureSettings
+from fedllmrec.apps.flower.server_app import SumObserver, make_server_app, server_app
 
 __all__ = [
     "PRIVATE_STATE",
     "RUN_CONFIG_DEFAULTS",
     "AppConfig",
     "RecipeSource",
+    "SecureCodec",
+    "SecureSettings",
+    "SumObserver",
     "client_app",
     "make_server_app",
     "node_federation",

@@ -8,27 +8,42 @@ local training of the named clients (the simulator's
 :meth:`~fedllmrec.federated.simulator.FederatedRecommender.local_training`, with the
 per-client engine a real client runs, through the same upload transforms) and replies
 with each client's upload in its wire format.
+
+Under ``federated.privacy.secure_aggregation = true`` the node instead takes part in
+SecAgg+ (flwr's ``secaggplus_mod`` on the ``train`` handler, the legacy fit messages of
+``SecAggPlusWorkflow``): its fit trains the same clients and returns one masked vector,
+the sum of its clients' fixed-shape uploads (:mod:`.secagg`), so the server learns only
+the sum over the nodes. Such a node refuses plain ``train`` messages.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common import recorddict_compat as compat
 
 from fedllmrec.apps.flower.config import (
     RecipeSource,
+    check_flower_privacy,
     node_partition,
     partition_positions,
     record_int,
     record_tensors,
     set_threads,
 )
+from fedllmrec.apps.flower.secagg import SecureCodec, SecureSettings
 from fedllmrec.errors import FedLLMRecError
+from fedllmrec.federated.ownership import SHARED
 from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.federated.uploads import Part, Uploads
 
@@ -61,14 +76,26 @@ def node_federation(source: RecipeSource) -> NodeFederation:
         return _BUILT[source]
 
 
-def _request(msg: Message, context: Context) -> tuple[NodeFederation, np.ndarray]:
-    """The node's federation and its client positions, from a message and the node config."""
-    set_threads(record_int(msg.content.config_records["run"]["num-threads"]))
+def _node(
+    recipe: ConfigRecord, threads: int, context: Context
+) -> tuple[NodeFederation, np.ndarray]:
+    """The node's federation and its client positions, from a recipe and the node config."""
+    set_threads(threads)
     node_dir = str(context.node_config.get("data-dir", ""))
-    source = RecipeSource.from_record(msg.content.config_records["recipe"], node_dir)
-    node = node_federation(source)
+    node = node_federation(RecipeSource.from_record(recipe, node_dir))
     part, parts = node_partition(context.node_config)
     return node, partition_positions(len(node.fed.population), part, parts)
+
+
+def _request(msg: Message, context: Context) -> tuple[NodeFederation, np.ndarray]:
+    """The node's federation and its client positions, from a message and the node config."""
+    threads = record_int(msg.content.config_records["run"]["num-threads"])
+    return _node(msg.content.config_records["recipe"], threads, context)
+
+
+def _check_clients(positions: np.ndarray, mine: np.ndarray) -> None:
+    if not np.isin(positions, mine).all():
+        raise FedLLMRecError(f"asked to train clients {positions.tolist()} of another partition")
 
 
 def _load_private(node: NodeFederation, state: RecordDict, positions: np.ndarray) -> None:
@@ -88,6 +115,17 @@ def _load_private(node: NodeFederation, state: RecordDict, positions: np.ndarray
     fed.write_private_rows(positions, rows)
 
 
+def _store_private(fed: FederatedRecommender, state: RecordDict, positions: np.ndarray) -> None:
+    """Keep the clients' new private rows in the node state (they are never sent)."""
+    stored = state.array_records.get(PRIVATE_STATE, ArrayRecord())
+    rows = fed.private_rows(positions)
+    for i, pos in enumerate(positions.tolist()):
+        user = int(fed.clients[pos])
+        for name, value in rows.items():
+            stored[f"{user}/{name}"] = Array(value[i].numpy())
+    state[PRIVATE_STATE] = stored
+
+
 client_app = ClientApp()
 
 
@@ -99,15 +137,30 @@ def query(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-@client_app.train()
+def secure_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """flwr's ``secaggplus_mod`` on SecAgg+ messages; plain ``train`` messages pass by."""
+    if RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+@client_app.train(mods=[secure_mod])
 def train(msg: Message, context: Context) -> Message:
-    """Local training of this node's participating clients; replies with their uploads."""
+    """Local training of this node's participating clients; replies with their uploads
+    (plain rounds) or, as a SecAgg+ party, with their summed vector (:func:`secure_fit`)."""
+    if RECORD_KEY_CONFIGS in msg.content.config_records:  # secaggplus_mod's fit stage
+        return secure_fit(msg, context)
     node, mine = _request(msg, context)
     fed = node.fed
+    if fed.federation.privacy.secure_aggregation:
+        raise FedLLMRecError(
+            "the recipe sets federated.privacy.secure_aggregation: this node sends "
+            "SecAgg+-masked sums only, never a client's upload"
+        )
+    check_flower_privacy(fed)
     run = msg.content.config_records["run"]
     positions = np.sort(np.asarray(run["clients"], dtype=np.int64))
-    if not np.isin(positions, mine).all():
-        raise FedLLMRecError(f"asked to train clients {positions.tolist()} of another partition")
+    _check_clients(positions, mine)
     sent = record_tensors(msg.content.array_records["shared"])
     fed.check_shared(sent)  # clients start from ``sent``: the live tensors stay as they are
     load = record_tensors(msg.content.array_records["load"])["load"]
@@ -115,20 +168,66 @@ def train(msg: Message, context: Context) -> Message:
     parts: list[Part] = []
     round_ = record_int(run["round"])
     fed.local_training(positions, round_, sent, load, parts.append, fed.client_engine())
-    stored = context.state.array_records.get(PRIVATE_STATE, ArrayRecord())
     uploads = ConfigRecord()
     own = fed.ownership
     for part in parts:
         if not isinstance(part, Uploads):  # a client engine emits each client's upload
             raise FedLLMRecError("a client engine emitted a summed upload")
-        rows = fed.private_rows(part.positions)  # the clients' new rows: kept, never sent
         for i, pos in enumerate(part.positions.tolist()):
-            user = int(fed.clients[pos])
-            uploads[str(pos)] = part.client(i, user, own).to_bytes()
-            for name, value in rows.items():
-                stored[f"{user}/{name}"] = Array(value[i].numpy())
-    context.state[PRIVATE_STATE] = stored
+            uploads[str(pos)] = part.client(i, int(fed.clients[pos]), own).to_bytes()
+    _store_private(fed, context.state, positions)
     return Message(RecordDict({"uploads": uploads}), reply_to=msg)
+
+
+def secure_fit(msg: Message, context: Context) -> Message:
+    """A NumPyClient-style fit as SecAgg+ party: train the named clients, return their sum.
+
+    The fit instructions (``FitIns``) carry the round's tensors (every shared tensor in
+    ownership order, then the routing load) and, in its config, the recipe, the round,
+    the node's clients, the cohort size and the public bounds. The reply's only array is
+    the node's vector scaled into [-1, 1] (:class:`SecureCodec`), which ``secaggplus_mod``
+    quantises and masks before it leaves; ``num_examples`` is 1 so that SecAgg+'s
+    weighted mean is the plain mean of the node vectors (the server multiplies it back).
+    """
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    config: Mapping[str, object] = fitins.config
+    recipe = ConfigRecord(
+        {k.removeprefix("recipe."): v for k, v in fitins.config.items() if k.startswith("recipe.")}
+    )  # the recipe's text, overrides and data folder, as the plain messages carry it
+    node, mine = _node(recipe, record_int(config["num-threads"]), context)
+    fed = node.fed
+    if not fed.federation.privacy.secure_aggregation:
+        raise FedLLMRecError("a SecAgg+ round for a recipe without secure_aggregation")
+    positions = np.sort(np.array(str(config["clients"]).split(","), dtype=np.int64))
+    _check_clients(positions, mine)
+    node_clients, cohort = record_int(config["node-clients"]), record_int(config["cohort"])
+    if positions.shape[0] > node_clients:
+        raise FedLLMRecError(f"{positions.shape[0]} clients over the round's bound {node_clients}")
+    arrays = parameters_to_ndarrays(fitins.parameters)
+    names = fed.ownership.names(*SHARED)
+    if len(arrays) != len(names) + 1:
+        raise FedLLMRecError(f"{len(arrays)} arrays for {len(names)} shared tensors and the load")
+    sent = {name: torch.from_numpy(a.copy()) for name, a in zip(names, arrays[:-1], strict=True)}
+    fed.check_shared(sent)
+    load = torch.from_numpy(arrays[-1].copy())
+    _load_private(node, context.state, positions)
+    parts: list[Part] = []
+    round_ = record_int(config["round"])
+    fed.local_training(
+        positions,
+        round_,
+        sent,
+        load,
+        parts.append,
+        fed.client_engine(),
+        cohort=cohort,
+        secure=False,
+    )
+    codec = SecureCodec.of(fed, node_clients, cohort, SecureSettings.from_config(config))
+    vector = codec.encode(codec.node_vector(parts))  # refuses before anything is stored
+    _store_private(fed, context.state, positions)
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([vector]), 1, {})
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
 
 
 @client_app.evaluate()

@@ -31,6 +31,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, UserConfigValue
 
 import fedllmrec
 from fedllmrec.errors import FedLLMRecError
+from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.recipes import Recipe, load_recipe
 
 RUN_CONFIG_DEFAULTS: dict[str, UserConfigValue] = {
@@ -145,6 +146,17 @@ class RecipeSource:
             str(record["text"]),
             split_overrides(str(record["set"])),
             data_dir or str(record["data-dir"]),
+        )
+
+
+def check_flower_privacy(fed: FederatedRecommender) -> None:
+    """Refuse protections the plain Flower path cannot carry (its per-client wire format
+    has neither a DP header nor a risk weight): they need secure aggregation on Flower."""
+    privacy = fed.federation.privacy
+    if (privacy.dp != "none" or privacy.aware != "none") and not privacy.secure_aggregation:
+        raise FedLLMRecError(
+            f"on Flower, federated.privacy dp={privacy.dp!r} / aware={privacy.aware!r} need "
+            "secure_aggregation = true (the per-client wire format carries neither)"
         )
 
 
