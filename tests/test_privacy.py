@@ -293,3 +293,29 @@ def test_a_run_stops_at_its_epsilon_budget(ml100k_prepared: Prepared, tmp_path: 
     assert metrics["privacy"]["epsilon"] == pytest.approx(eps[-1])
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["privacy"]["delta"] == 1e-5
+
+
+# ---------------------------------------------------------------- attribute tables
+
+
+def test_attribute_tables_travel_only_in_a_secure_sum(kuaisar_split: Split) -> None:
+    positions = np.arange(8)
+    shared = federation().setup(kuaisar_split)
+    tables = [n for n in shared.ownership.names(*SHARED) if "user_feature_embs" in n]
+    assert len(tables) == len(USER_FEATURES)
+    leaky = [p for p in round_parts(shared, positions) if isinstance(p, Uploads)]
+    # Shared in the clear, a user's feature-table delta has one non-zero row: its value.
+    rows = (leaky[0].deltas[tables[0]][0].abs().sum(1) > 0).sum()
+    assert int(rows) == 1
+    kept = federation(PrivacyConfig(attribute_tables="secure_only")).setup(kuaisar_split)
+    assert set(kept.withheld) == set(tables)
+    for part in round_parts(kept, positions):
+        assert isinstance(part, Uploads)
+        assert all(not part.deltas[name].any() for name in tables)
+        assert any(part.deltas[n].any() for n in part.deltas if n not in tables)
+    secure = PrivacyConfig(attribute_tables="secure_only", secure_aggregation=True)
+    fed = federation(secure).setup(kuaisar_split)
+    assert fed.withheld == ()
+    (total,) = round_parts(fed, positions)
+    assert isinstance(total, UploadSum)
+    assert all(total.sums[name].any() for name in tables)

@@ -28,6 +28,7 @@ Partition = Literal["user", "domain"]
 Sampling = Literal["fixed", "poisson"]
 DPMode = Literal["none", "central", "distributed", "local"]
 AwareMode = Literal["none", "norm"]
+AttributeTables = Literal["shared", "secure_only"]
 
 AGGREGATORS: tuple[str, ...] = get_args(AggregatorName)
 WEIGHTINGS: tuple[str, ...] = get_args(Weighting)
@@ -37,6 +38,7 @@ PARTITIONS: tuple[str, ...] = get_args(Partition)
 SAMPLINGS: tuple[str, ...] = get_args(Sampling)
 DP_MODES: tuple[str, ...] = get_args(DPMode)
 AWARE_MODES: tuple[str, ...] = get_args(AwareMode)
+ATTRIBUTE_TABLES: tuple[str, ...] = get_args(AttributeTables)
 
 
 @dataclass
@@ -139,6 +141,11 @@ class PrivacyConfig:
         DP sensitivity.
     aware_scale : float
         The norm at which an upload's weight halves.
+    attribute_tables : {"shared", "secure_only"}
+        Global tensors whose delta shows a private attribute (MRFF's user-feature tables:
+        a user's update touches only its own feature value's row): averaged like any
+        global tensor ("shared"), or sent only under secure aggregation and otherwise
+        left untrained, their deltas zero ("secure_only").
     """
 
     secure_aggregation: bool = False
@@ -149,9 +156,16 @@ class PrivacyConfig:
     epsilon_budget: float = 0.0
     aware: AwareMode = "none"
     aware_scale: float = 1.0
+    attribute_tables: AttributeTables = "shared"
 
     def __post_init__(self) -> None:
         check = partial(check_option, "PrivacyConfig")
+        check(
+            "attribute_tables",
+            self.attribute_tables in ATTRIBUTE_TABLES,
+            f"one of {ATTRIBUTE_TABLES}",
+            self.attribute_tables,
+        )
         check("dp", self.dp in DP_MODES, f"one of {DP_MODES}", self.dp)
         check("clip", self.clip >= 0.0, ">= 0", self.clip)
         check("noise_multiplier", self.noise_multiplier >= 0.0, ">= 0", self.noise_multiplier)
@@ -180,7 +194,12 @@ class PrivacyConfig:
     @property
     def enabled(self) -> bool:
         """Whether any protection is on (the plain seam otherwise)."""
-        return self.secure_aggregation or self.dp != "none" or self.aware != "none"
+        return (
+            self.secure_aggregation
+            or self.dp != "none"
+            or self.aware != "none"
+            or self.attribute_tables != "shared"
+        )
 
 
 @dataclass

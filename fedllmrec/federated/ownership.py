@@ -32,7 +32,15 @@ from torch import nn
 from fedllmrec.errors import FedLLMRecError
 from fedllmrec.models.owners import Owner
 
-__all__ = ["SHARED", "Owner", "Ownership", "OwnershipError", "TensorOwner", "declared_ownership"]
+__all__ = [
+    "SHARED",
+    "Owner",
+    "Ownership",
+    "OwnershipError",
+    "TensorOwner",
+    "attribute_tensors",
+    "declared_ownership",
+]
 
 
 SHARED = (Owner.GLOBAL, Owner.GROUP)  # the owners whose tensors a client may upload
@@ -176,6 +184,24 @@ def _declaring_module(
         if prefix in declaring:
             return prefix, declaring[prefix]
     return "", None
+
+
+def attribute_tensors(module: nn.Module, ownership: Ownership) -> list[str]:
+    """Shared tensors a module declares as showing a private attribute in their delta.
+
+    A module lists glob patterns (relative to itself) as ``ATTRIBUTE_TENSORS``: MRFF's
+    user-feature tables, whose every user update touches only that user's feature value.
+    """
+    names: list[str] = []
+    for prefix, sub in module.named_modules():
+        patterns = getattr(type(sub), "ATTRIBUTE_TENSORS", ())
+        for name in ownership.names(*SHARED):
+            relative = name[len(prefix) + 1 :] if prefix else name
+            if (not prefix or name.startswith(prefix + ".")) and any(
+                fnmatch.fnmatchcase(relative, p) for p in patterns
+            ):
+                names.append(name)
+    return names
 
 
 def tensors_of(module: nn.Module, ownership: Ownership, *owners: Owner) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ the local training on its nodes (:meth:`local_training`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -31,7 +31,13 @@ from fedllmrec.federated.aggregation import RoundAggregator
 from fedllmrec.federated.config import FederationConfig
 from fedllmrec.federated.engines import Engine, LocalJob, client_engine, engine_for
 from fedllmrec.federated.net import ClientNet
-from fedllmrec.federated.ownership import SHARED, Owner, Ownership, declared_ownership
+from fedllmrec.federated.ownership import (
+    SHARED,
+    Owner,
+    Ownership,
+    attribute_tensors,
+    declared_ownership,
+)
 from fedllmrec.federated.population import ClientPopulation
 from fedllmrec.federated.privacy import Accountant, ClientPrivacy, DPRelease, SecureSum
 from fedllmrec.federated.round import (
@@ -78,6 +84,7 @@ class FederatedRecommender:
     _server: ServerState | None = field(default=None, repr=False)
     _release: DPRelease | None = field(default=None, repr=False)
     _client_privacy: ClientPrivacy | None = field(default=None, repr=False)
+    _withheld: tuple[str, ...] = field(default=(), repr=False)
 
     # ------------------------------------------------------------------ setup
 
@@ -128,7 +135,15 @@ class FederatedRecommender:
         if privacy.dp != "none":
             self._release = DPRelease(privacy, own, self.expected_clients, cfg.seed)
         self._client_privacy = ClientPrivacy(privacy, self._release, cfg.seed)
+        self._withheld = ()
+        if privacy.attribute_tables == "secure_only" and not privacy.secure_aggregation:
+            self._withheld = tuple(attribute_tensors(self._net, own))
         return self
+
+    @property
+    def withheld(self) -> tuple[str, ...]:
+        """Shared tensors whose deltas are zeroed: attribute tables outside a secure sum."""
+        return self._withheld
 
     @property
     def expected_clients(self) -> float:
@@ -317,6 +332,7 @@ class FederatedRecommender:
         summed = SecureSum(self.ownership, self.federation.strategy.weighting) if secure else None
 
         def seam(part: Uploads | UploadSum) -> None:
+            part = withhold(part, self._withheld)
             out: Part = transform_uploads(part, self.transforms, round_)
             if isinstance(out, Uploads):
                 out = protect(out, round_, cohort)
@@ -501,3 +517,14 @@ class FederatedRecommender:
             raise FedLLMRecError(f"{type(self.recommender).__name__} does not predict clicks")
         probs, labels = predict(role)
         return probs, labels
+
+
+def withhold(part: Uploads | UploadSum, names: Sequence[str]) -> Uploads | UploadSum:
+    """``part`` with the deltas of ``names`` zeroed: they carry nothing, the tensors stay."""
+    if not names:
+        return part
+    if isinstance(part, UploadSum):
+        sums = {n: torch.zeros_like(v) if n in names else v for n, v in part.sums.items()}
+        return replace(part, sums=sums)
+    deltas = {n: torch.zeros_like(v) if n in names else v for n, v in part.deltas.items()}
+    return replace(part, deltas=deltas)

@@ -317,6 +317,9 @@ class MRFF(ItemSequenceModel):
 
     config: MRFFConfig
     user_features: torch.Tensor  # (n_users, F) codes, row = user id
+    # Global tensors whose delta shows a private attribute: a user's update of a feature
+    # table touches exactly the row of its own feature value (docs/privacy.md).
+    ATTRIBUTE_TENSORS: ClassVar[tuple[str, ...]] = ("user_feature_embs.*",)
 
     @property
     def OWNERS(self) -> dict[str, Owner]:
