@@ -27,7 +27,6 @@ from fedllmrec.federated.uploads import (
     ClientUpload,
     Part,
     Uploads,
-    UploadSum,
     download_bytes,
     upload_bytes,
 )
