@@ -307,6 +307,61 @@ def train(
     console.print(f"train {metrics['train_seconds']:.1f} s; wrote {out / 'metrics.json'}")
 
 
+@app.command("audit")
+def audit(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A federated run folder (fedllmrec train --out).")
+    ],
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds replayed for the server's view.")] = 1,
+    data_dir: DataDir = None,
+    threads: Threads = None,
+    max_users: Annotated[
+        int | None, typer.Option(min=2, help="Attack a seeded sample of N clients.")
+    ] = None,
+    mia_clients: Annotated[
+        int, typer.Option(min=2, help="Target clients of the membership attack.")
+    ] = 200,
+    attributes: Annotated[
+        list[str] | None,
+        typer.Option("--attribute", help="Attack only this private attribute (repeatable)."),
+    ] = None,
+) -> None:
+    """Attack a federated run as its server: item sets, attributes, membership (audit.json)."""
+    import dataclasses
+
+    from fedllmrec.audits import audit_run, audit_table
+    from fedllmrec.recipes.recipe import load_recipe
+    from fedllmrec.runtime import keep_freed_memory
+
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise FedLLMRecError(f"{run_dir}: no metrics.json (not a finished fedllmrec train run)")
+    try:
+        config = json.loads(metrics_path.read_text(encoding="utf-8"))["config"]
+        recipe_path, overrides = Path(config["recipe"]), list(config["overrides"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise FedLLMRecError(f"{metrics_path}: no config.recipe / config.overrides") from err
+    if "federated" not in config:
+        raise FedLLMRecError(f"{run_dir}: not a federated run (its recipe has no [federated])")
+    keep_freed_memory()
+    recipe = load_recipe(recipe_path, overrides)
+    if data_dir is not None:
+        recipe = dataclasses.replace(
+            recipe, data=dataclasses.replace(recipe.data, data_dir=str(data_dir))
+        )
+    set_threads(threads)
+    with console.status(f"preparing {recipe.data.name}"):
+        prepared = recipe.prepare()
+        fed = recipe.build_federation(prepared)
+    with console.status(f"auditing {run_dir} ({rounds} round(s) replayed)"):
+        report = audit_run(
+            fed, prepared, run_dir, rounds=rounds, max_users=max_users, mia_clients=mia_clients,
+            attributes=attributes, seed=recipe.trainer.seed,
+        )  # fmt: skip
+    console.print(audit_table(report, f"{recipe.name}: what the server can infer"))
+    console.print(f"wrote {run_dir / 'audit.json'}")
+
+
 @app.command("demo")
 def demo(data_dir: DataDir = None, threads: Threads = None) -> None:
     """The main job on the embedded defaults: prepare ml-100k and evaluate the baselines."""
