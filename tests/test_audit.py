@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -70,7 +71,7 @@ def item_set(view: ServerView, fed: FederatedRecommender, prepared: Prepared) ->
     (table,) = item_tables(fed)
     histories = training_items(prepared.split, fed.clients[view.positions])
     return itemset_reconstruction(
-        view.first_norms[table][:, 1:], histories, view.aggregate[table][1:]
+        view.first_norms[table][:, 1:], histories, view.aggregate()[table][1:]
     )
 
 
@@ -109,6 +110,10 @@ def test_round_one_uploads_give_away_every_client_item_set(ml100k_prepared: Prep
     assert result["f1"] > 0.95 and result["auc"] > 0.99
     assert result["f1"] > result["baseline"] + 0.3  # far beyond what popularity tells
     assert view.per_client == [True]
+    # The header says how many: a client's example count + 1 is its history length.
+    examples = np.rint(np.expm1(view.header()["examples"][:, 0]))
+    sizes = [h.shape[0] for h in training_items(ml100k_prepared.split, fed.clients)]
+    assert np.array_equal(examples + 1, sizes)
 
 
 def test_a_leaky_upload_is_detected(ml100k_prepared: Prepared) -> None:
@@ -137,20 +142,27 @@ def test_secure_aggregation_leaves_every_client_the_aggregate(ml100k_prepared: P
     assert result["f1"] == result["baseline"] and result["auc"] == result["baseline_auc"]
 
 
-def test_kuaisar_feature_deltas_give_away_every_user_code(kuaisar: RecDataset) -> None:
+@pytest.mark.parametrize("tables", ["shared", "secure_only"])
+def test_kuaisar_feature_deltas_give_away_every_user_code(kuaisar: RecDataset, tables: str) -> None:
     features = ["onehot_feat1", "onehot_feat2", "search_active_level", "reco_active_level"]
     model = ClickRecommender(
         architecture="mrff", dim=8, max_len=12, item_features=["item_type"], user_features=features
     )
     config = FederationConfig(
-        engine="vmap", local=LocalConfig(steps=1, lr=0.5, optimizer="sgd"), max_clients=64
+        engine="vmap",
+        local=LocalConfig(steps=1, lr=0.5, optimizer="sgd"),
+        max_clients=64,
+        privacy=PrivacyConfig(attribute_tables=tables),  # type: ignore[arg-type]
     )
     fed = FederatedRecommender(model, config).setup(leave_one_out(kuaisar))
     view = replay_server_view(fed, 1)
     codes = fed.net.tensors()["model.user_features"][torch.from_numpy(fed.clients)].numpy()
     for f in range(len(features)):
         result = code_recovery(view.first_norms[f"model.user_feature_embs.{f}.weight"], codes[:, f])
-        assert result["value"] == 1.0 and result["baseline"] < 1.0
+        if tables == "shared":  # the single non-zero row of the delta is the user's code
+            assert result["value"] == 1.0 and result["baseline"] < 1.0
+        else:  # nothing sent outside a secure sum: the attack falls back to the majority
+            assert result["value"] == result["baseline"]
 
 
 def test_cli_audit_writes_the_report(ml100k_root: Path, tmp_path: Path) -> None:

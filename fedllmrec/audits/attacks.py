@@ -207,9 +207,11 @@ def code_recovery(norms: np.ndarray, codes: np.ndarray) -> dict[str, Any]:
 
     Only the row of the user's own code enters its forward pass, so in an unprotected
     upload it is the single non-zero row. No training: accuracy over every user,
-    against always guessing the most frequent code.
+    against always guessing the most frequent code (also the guess where a user's
+    rows are all zero: nothing was sent).
     """
-    guessed = np.argmax(norms, axis=1)
+    majority = int(np.bincount(codes).argmax())
+    guessed = np.where(norms.any(axis=1), np.argmax(norms, axis=1), majority)
     return {
         "n_users": int(codes.shape[0]),
         "metric": "accuracy",
@@ -219,9 +221,16 @@ def code_recovery(norms: np.ndarray, codes: np.ndarray) -> dict[str, Any]:
     }
 
 
-def multi_hot(histories: Sequence[np.ndarray], n_items: int) -> np.ndarray:
-    """(n, n_items) float32: 1 where the user's list holds the item."""
-    out = np.zeros((len(histories), n_items), dtype=np.float32)
+def multi_hot(histories: Sequence[np.ndarray], n_items: int, min_users: int = 1) -> np.ndarray:
+    """(n, m) float32: 1 where the user's list holds the item, for the m items in at least
+    ``min_users`` lists (rarer items say nothing a held-out user shares; KuaiSAR-R's
+    70k items would not fit densely)."""
+    counts = np.bincount(np.concatenate([*histories, np.zeros(0, np.int64)]), minlength=n_items)
+    column = np.full(n_items, -1, dtype=np.int64)
+    kept = np.flatnonzero(counts >= min_users)
+    column[kept] = np.arange(kept.shape[0])
+    out = np.zeros((len(histories), kept.shape[0]), dtype=np.float32)
     for row, items in enumerate(histories):
-        out[row, items] = 1.0
+        cols = column[items]
+        out[row, cols[cols >= 0]] = 1.0
     return out

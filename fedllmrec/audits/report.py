@@ -76,9 +76,21 @@ def _private_features(fed: FederatedRecommender, positions: np.ndarray) -> np.nd
     return np.concatenate(flat, axis=1) if flat else np.zeros((positions.shape[0], 0))
 
 
-def _views(view: ServerView) -> dict[str, np.ndarray]:
+def rebuilt_sets(scores: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
+    """Each client's top-``sizes[c]`` items by score: the item set the server rebuilds."""
+    return [np.argsort(-row, kind="stable")[: int(k)] for row, k in zip(scores, sizes, strict=True)]
+
+
+def _views(view: ServerView, tables: list[str], n_items: int) -> dict[str, np.ndarray]:
     """The server-side feature sets the attribute attacks are run on."""
     out = {"server, round 1": view.features("first")}
+    examples = view.header("first").get("examples")
+    if tables and examples is not None:
+        # The server's own chain: the header's example count + 1 is the history length,
+        # the largest rows the items; then the raw-data attack on the rebuilt sets.
+        sizes = np.rint(np.expm1(examples[:, 0])) + 1
+        rebuilt = rebuilt_sets(view.norms("first")[tables[0]][:, 1:], sizes)
+        out["server, round 1: item set rebuilt"] = multi_hot(rebuilt, n_items, min_users=5)
     if view.rounds > 1:
         out[f"server, rounds 1-{view.rounds}"] = view.features("total")
     for which, label in (("first", "round 1"), ("total", f"rounds 1-{view.rounds}")):
@@ -162,7 +174,8 @@ def audit_run(
                 continue
             scores = view.norms(which)[name][:, 1:]  # row 0 is the padding item
             key = label if len(tables) == 1 else f"{name}, {label}"
-            itemset[key] = itemset_reconstruction(scores, histories, view.aggregate[name][1:])
+            baseline = view.aggregate(which)[name][1:]
+            itemset[key] = itemset_reconstruction(scores, histories, baseline)
     report["itemset"] = itemset or {"skipped": "no shared table with one row per item"}
 
     features = list(getattr(fed.recommender, "user_features", ()))
@@ -177,11 +190,11 @@ def audit_run(
         report["code_recovery"] = recovery
 
     fed.load_state_dict(load_checkpoint(checkpoint)["model"])
-    views = _views(view)
+    views = _views(view, tables, ds.n_items)
     if not isinstance(fed.recommender, ClickRecommender):
         views["top-10 recommendations"] = multi_hot(top_k_lists(fed, split, users), ds.n_items)
     views["private parameters"] = _private_features(fed, positions)
-    views["raw: rated training items"] = multi_hot(histories, ds.n_items)
+    views["raw: training items"] = multi_hot(histories, ds.n_items, min_users=5)
     seconds["views"] = time.perf_counter() - start - sum(seconds.values())
 
     targets = attribute_targets(ds)
@@ -217,27 +230,26 @@ def audit_table(report: dict[str, Any], title: str = "audit") -> Table:
         table.add_column(column, justify="right" if column in ("value", "baseline") else "left")
 
     def row(attack: str, view: str, result: dict[str, Any]) -> None:
-        if "value" not in result:
-            table.add_row(attack, view, "-", result.get("skipped", "-"), "-")
+        if "value" not in result:  # skipped: the reason in place of the view
+            table.add_row(attack, f"n/a: {result.get('skipped', '-')}", "-", "-", "-")
             return
         base = f"{result['baseline']:.3f} ({result['baseline_kind']})"
         table.add_row(attack, view, result["metric"], f"{result['value']:.3f}", base)
 
-    for label, result in report.get("itemset", {}).items():
+    itemset = report.get("itemset", {})
+    if "skipped" in itemset:
+        row("item set", "", itemset)
+    for label, result in itemset.items():
         if isinstance(result, dict):
             row("item set", label, result)
-            if "auc" in result:
-                auc = {**result, "metric": "ranking AUC", "value": result["auc"]}
-                row("item set", label, auc | {"baseline": result["baseline_auc"]})
+            auc = {**result, "metric": "ranking AUC", "value": result["auc"]}
+            row("item set", label, auc | {"baseline": result["baseline_auc"]})
     for feature, result in report.get("code_recovery", {}).items():
         row(f"code of {feature}", "feature-table delta, round 1", result)
     for target, by_view in report.get("attributes", {}).items():
         for view, result in by_view.items():
             row(target, view, result)
     if "membership" in report:
-        row(
-            "membership (IMIA)",
-            f"round {report['membership'].get('round', '-')}",
-            report["membership"],
-        )
+        membership = report["membership"]
+        row("membership (IMIA)", f"round {membership.get('round', '-')}", membership)
     return table

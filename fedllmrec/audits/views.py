@@ -51,8 +51,9 @@ class ServerView:
 
     Rows are the clients at :attr:`positions` (population positions), in that order.
     ``first_*`` hold round 1 (zeros where the client was absent), ``total_*`` the sum
-    over every replayed round. ``aggregate`` holds each tensor's row norms of the
-    round-1 sum of all uploads (user-independent: what secure aggregation reveals).
+    over every replayed round. ``first_aggregate`` holds each tensor's row norms of the
+    round-1 sum of all uploads (user-independent: what secure aggregation reveals),
+    ``total_aggregate`` those norms summed over the rounds.
     """
 
     positions: np.ndarray  # (n,)
@@ -61,13 +62,18 @@ class ServerView:
     total_norms: dict[str, np.ndarray] = field(default_factory=dict)
     first_header: dict[str, np.ndarray] = field(default_factory=dict)  # kind -> (n, h)
     total_header: dict[str, np.ndarray] = field(default_factory=dict)
-    aggregate: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (rows,)
+    first_aggregate: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (rows,)
+    total_aggregate: dict[str, np.ndarray] = field(default_factory=dict)
     present: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))  # (n, R)
     per_client: list[bool] = field(default_factory=list)  # per round: per-client uploads seen
 
     def norms(self, which: str = "first") -> dict[str, np.ndarray]:
         """Row norms of round 1 (``"first"``) or summed over the rounds (``"total"``)."""
         return self.first_norms if which == "first" else self.total_norms
+
+    def aggregate(self, which: str = "first") -> dict[str, np.ndarray]:
+        """Row norms of the round-1 sum of uploads (``"first"``) or summed over rounds."""
+        return self.first_aggregate if which == "first" else self.total_aggregate
 
     def header(self, which: str = "first") -> dict[str, np.ndarray]:
         """Header features of round 1 (``"first"``) or summed over the rounds (``"total"``)."""
@@ -190,9 +196,10 @@ def replay_server_view(
         if r == 0:
             view.first_norms = {k: v.copy() for k, v in norms.items()}
             view.first_header = {k: v.copy() for k, v in header.items()}
-            view.aggregate = observer.aggregate
+            view.first_aggregate = {k: v.copy() for k, v in observer.aggregate.items()}
         _accumulate(view.total_norms, norms)
         _accumulate(view.total_header, header)
+        _accumulate(view.total_aggregate, observer.aggregate)
     return view
 
 
