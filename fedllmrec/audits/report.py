@@ -81,6 +81,15 @@ def rebuilt_sets(scores: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
     return [np.argsort(-row, kind="stable")[: int(k)] for row, k in zip(scores, sizes, strict=True)]
 
 
+def _seen_by(view_name: str, seen: dict[str, np.ndarray]) -> np.ndarray:
+    """The clients a view shows: the server's views only those it saw; the rest, all."""
+    if view_name.startswith(("server, round 1", "routing, round 1")):
+        return seen["first"]
+    if view_name.startswith(("server, rounds", "routing, rounds")):
+        return seen["total"]
+    return np.ones_like(seen["first"])
+
+
 def _views(view: ServerView, tables: list[str], n_items: int) -> dict[str, np.ndarray]:
     """The server-side feature sets the attribute attacks are run on."""
     out = {"server, round 1": view.features("first")}
@@ -167,15 +176,24 @@ def audit_run(
 
     histories = training_items(split, users)
     tables = item_tables(fed)
+    # The server sees a client only in the rounds it took part in (Poisson sampling takes
+    # a share q of them): its attacks are scored on the clients it saw.
+    seen: dict[str, np.ndarray] = {
+        "first": np.asarray(view.present[:, 0], dtype=bool),
+        "total": np.asarray(view.present.any(axis=1), dtype=bool),
+    }
+    report["clients_seen"] = {k: int(v.sum()) for k, v in seen.items()}
     itemset: dict[str, Any] = {}
     for name in tables:
         for which, label in (("first", "round 1"), ("total", f"rounds 1-{rounds}")):
             if which == "total" and rounds == 1:
                 continue
-            scores = view.norms(which)[name][:, 1:]  # row 0 is the padding item
+            mask = seen[which]
+            scores = view.norms(which)[name][mask, 1:]  # row 0 is the padding item
             key = label if len(tables) == 1 else f"{name}, {label}"
             baseline = view.aggregate(which)[name][1:]
-            itemset[key] = itemset_reconstruction(scores, histories, baseline)
+            picked = [histories[i] for i in np.flatnonzero(mask)]
+            itemset[key] = itemset_reconstruction(scores, picked, baseline)
     report["itemset"] = itemset or {"skipped": "no shared table with one row per item"}
 
     features = list(getattr(fed.recommender, "user_features", ()))
@@ -185,7 +203,8 @@ def audit_run(
         name = USER_FEATURE_TABLE.format(f)
         if name in view.first_norms and codes is not None:
             truth = codes[torch.from_numpy(users), f].numpy()  # the label, not an input
-            recovery[feature] = code_recovery(view.first_norms[name], truth)
+            mask = seen["first"]
+            recovery[feature] = code_recovery(view.first_norms[name][mask], truth[mask])
     if recovery:
         report["code_recovery"] = recovery
 
@@ -203,9 +222,11 @@ def audit_run(
         if unknown:
             raise FedLLMRecError(f"unknown attribute(s) {unknown}; {ds.name} has {list(targets)}")
         targets = {name: targets[name] for name in attributes}
+    masks = {name: _seen_by(name, seen) for name in views}
     report["attributes"] = {
         target: {
-            name: attribute_inference(x, labels[users], seed=seed) for name, x in views.items()
+            name: attribute_inference(x[masks[name]], labels[users][masks[name]], seed=seed)
+            for name, x in views.items()
         }
         for target, labels in targets.items()
     }
