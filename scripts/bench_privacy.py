@@ -79,8 +79,9 @@ def row_of(label: str, folder: Path) -> dict[str, Any]:
 
 def markdown(rows: list[dict[str, Any]], click: bool) -> str:
     if click:
+        attr = next((r["first_attr"] for r in rows if r["first_attr"]), "attribute")
         head = [
-            "protection", "rounds", "test AUC", f"{rows[0]['first_attr']}: server view",
+            "protection", "rounds", "test AUC", f"{attr}: server view",
             "routing", "private params", "feature code from delta", "epsilon",
         ]  # fmt: skip
         keys = ["rounds", "auc", "attr_server", "attr_routing", "attr_private", "code_recovery",
@@ -140,7 +141,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for spec in args.runs:
-        label, _, folder = spec.partition("=")
+        label, _, folder = spec.rpartition("=")
         rows.append(row_of(label, Path(folder)))
     text = markdown(rows, click=rows[0]["auc"] is not None)
     print(text)
