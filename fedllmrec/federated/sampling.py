@@ -25,11 +25,7 @@ def sample_clients(
     np.ndarray
         Sorted sampled ids.
     """
-    clients = np.asarray(clients)
-    if clients.ndim != 1 or clients.size == 0:
-        raise ValueError(f"clients must be a non-empty 1-D array, got shape {clients.shape}")
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    clients = _checked(clients, fraction, "fraction")
     if min_clients < 1:
         raise ValueError(f"min_clients must be >= 1, got {min_clients!r}")
     if np.unique(clients).size != clients.size:
@@ -52,11 +48,7 @@ def poisson_sample(clients: np.ndarray, rate: float, rng: np.random.Generator) -
     np.ndarray
         Sorted sampled ids.
     """
-    clients = np.asarray(clients)
-    if clients.ndim != 1 or clients.size == 0:
-        raise ValueError(f"clients must be a non-empty 1-D array, got shape {clients.shape}")
-    if not 0.0 < rate <= 1.0:
-        raise ValueError(f"rate must be in (0, 1], got {rate!r}")
+    clients = _checked(clients, rate, "rate")
     if rate == 1.0:
         return np.sort(clients)
     return np.sort(clients[rng.random(clients.size) < rate])
@@ -88,3 +80,13 @@ def drop_clients(
     if fails.all():
         fails[0] = False
     return np.sort(participants[~fails]), np.sort(participants[fails])
+
+
+def _checked(clients: np.ndarray, share: float, name: str) -> np.ndarray:
+    """``clients`` as a non-empty 1-D array, and ``share`` in (0, 1]."""
+    clients = np.asarray(clients)
+    if clients.ndim != 1 or clients.size == 0:
+        raise ValueError(f"clients must be a non-empty 1-D array, got shape {clients.shape}")
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {share!r}")
+    return clients
