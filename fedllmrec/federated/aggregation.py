@@ -36,7 +36,6 @@ from fedllmrec.federated.uploads import (
     UploadSum,
     raw_weights,
     routed_mask,
-    routing_counts,
 )
 
 
@@ -51,11 +50,6 @@ class Received:
     routing_counts: torch.Tensor  # (L, K) clients routed to each group at each layer
     examples: float  # summed training examples (the noisy participant count under DP)
     loss_sum: float  # summed examples x local loss
-
-    @property
-    def mean_loss(self) -> float:
-        """The participants' example-weighted mean local loss."""
-        return self.loss_sum / self.examples if self.examples > 0 else float("nan")
 
 
 class RoundAggregator:
@@ -117,14 +111,8 @@ class RoundAggregator:
                 Received(part.positions, part.routing_counts, part.examples, part.loss_sum)
             )
             return
-        n = part.n_examples.double()
         self._summaries.append(
-            Received(
-                part.positions,
-                routing_counts(part.routing, self.ownership.routing_shape),
-                float(n.sum()),
-                float((n * part.loss.double()).sum()),
-            )
+            Received(part.positions, **part.header_sums(self.ownership.routing_shape))
         )
         if self.streaming:
             self._add_mean(part)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -75,10 +75,17 @@ class Uploads:
             sums=sums,
             total_weight=float(w.sum()),
             group_weight=group_weight,
-            routing_counts=routing_counts(self.routing, ownership.routing_shape),
-            examples=float(self.n_examples.double().sum()),
-            loss_sum=float((self.n_examples.double() * self.loss.double()).sum()),
+            **self.header_sums(ownership.routing_shape),
         )
+
+    def header_sums(self, routing_shape: tuple[int, int]) -> dict[str, Any]:
+        """The header summed over the clients: routing counts, examples, examples x loss."""
+        n = self.n_examples.double()
+        return {
+            "routing_counts": routing_counts(self.routing, routing_shape),
+            "examples": float(n.sum()),
+            "loss_sum": float((n * self.loss.double()).sum()),
+        }
 
     @classmethod
     def dense(
