@@ -74,11 +74,12 @@ class ClientPrivacy:
             if self.config.aware == "none":
                 return uploads
             return replace(uploads, weight_scale=weight)
-        scale = weight.float()
-        deltas = {
-            name: d * scale.reshape(-1, *([1] * (d.dim() - 1)))
-            for name, d in uploads.deltas.items()
-        }
+        deltas = uploads.deltas
+        if self.config.aware != "none":  # weight, then clip: w <= 1 keeps the sensitivity
+            scale = weight.float()
+            deltas = {
+                name: d * scale.reshape(-1, *([1] * (d.dim() - 1))) for name, d in deltas.items()
+            }
         deltas, _ = clip_deltas(deltas, self.config.clip)
         header = self.release.code.encode(uploads.routing, uploads.loss)
         std = self.release.client_noise_std(cohort)
