@@ -11,16 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast, get_args
 
 import numpy as np
 
-from fedllmrec.data.prepare import Prepared
+from fedllmrec.data.prepare import LLM_NEGATIVES, Prepared
 from fedllmrec.data.split import UserItemSet
 from fedllmrec.errors import FedLLMRecError
 from fedllmrec.eval.metrics import TiePolicy, click_metrics
 from fedllmrec.eval.ranking import Mode, evaluate_ranking
 from fedllmrec.models.base import Recommender
+
+EvalMode = Literal["full", "sampled", "sampled-19"]  # sampled-19: the LLM protocol's 1 + 19
+EVAL_MODES: tuple[str, ...] = get_args(EvalMode)
 
 # Metrics where smaller is better; a monitor on one of these defaults to mode "min".
 LOWER_IS_BETTER: set[str] = {"LogLoss", "loss"}
@@ -49,8 +52,9 @@ class RankingEvaluator:
     ----------
     prepared : Prepared
         The split and its saved candidates.
-    modes : sequence of {"full", "sampled"}
-        Full ranking over the domain's items, and/or 1 + ``n_negatives`` sampled.
+    modes : sequence of {"full", "sampled", "sampled-19"}
+        Full ranking over the domain's items, 1 + ``n_negatives`` sampled, and/or the
+        LLM protocol's 1 + 19 lists (the first 19 saved negatives; keys ``sampled-19/...``).
     ks : sequence of int
         Cut-offs of HR@k and NDCG@k.
     n_negatives : int, optional
@@ -59,7 +63,7 @@ class RankingEvaluator:
     """
 
     prepared: Prepared
-    modes: Sequence[Mode] = ("full", "sampled")
+    modes: Sequence[EvalMode] = ("full", "sampled")
     ks: Sequence[int] = (10,)
     n_negatives: int | None = None
     ties: TiePolicy = "expected"
@@ -68,23 +72,26 @@ class RankingEvaluator:
 
     def __post_init__(self) -> None:
         for mode in self.modes:
-            if mode not in ("full", "sampled"):
-                raise ValueError(f"mode must be 'full' or 'sampled', not {mode!r}")
+            if mode not in EVAL_MODES:
+                raise ValueError(f"mode must be one of {EVAL_MODES}, not {mode!r}")
+        # Fail when the recipe is built, not after training: too few saved negatives.
         if "sampled" in self.modes:
-            # Fail when the recipe is built, not after training: too few saved negatives.
             self.prepared.sampled("test", self.n_negatives)
+        if "sampled-19" in self.modes:
+            self.prepared.sampled("test", LLM_NEGATIVES)
 
     def __call__(self, model: Scorer, role: str) -> dict[str, float]:
         out: dict[str, float] = {}
         for cold in (False, True) if self.cold_start else (False,):
             prefix = "cold/" if cold else ""
             for mode in self.modes:
+                short = mode == "sampled-19"
                 result = evaluate_ranking(
                     cast(Recommender, model),  # it only calls score(); trained models need no fit()
                     self.prepared,
                     role=role,
-                    mode=mode,
-                    n_negatives=self.n_negatives,
+                    mode="sampled" if short else cast(Mode, mode),
+                    n_negatives=LLM_NEGATIVES if short else self.n_negatives,
                     ks=self.ks,
                     ties=self.ties,
                     batch_size=self.batch_size,

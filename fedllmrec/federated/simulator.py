@@ -99,21 +99,28 @@ class FederatedRecommender:
         rec.setup(split)
         self._net = ClientNet(rec)
         self._ownership = own = declared_ownership(self._net)
-        if own.names(Owner.PRIVATE) and own.n_users != split.dataset.n_users:
-            raise FedLLMRecError(f"private tables have {own.n_users} rows, not one per user")
         if self.transforms and engine_for(cfg.engine).fused:
             raise FedLLMRecError(
                 f"engine {cfg.engine!r} emits the round's summed upload only; upload transforms "
                 "need each client's upload: use engine 'vmap'"
             )
+        if cfg.engine not in rec.client_engines:
+            raise FedLLMRecError(
+                f"{type(rec).__name__} trains on the client engines {list(rec.client_engines)}, "
+                f"not {cfg.engine!r}"
+            )
         if cfg.partition == "domain":
-            if own.names(Owner.PRIVATE):
+            # A domain client's private state is its own slot (one row per domain).
+            n_owners = len(split.dataset.domains)
+            if own.names(Owner.PRIVATE) and own.n_users != n_owners:
                 raise FedLLMRecError(
-                    "domain clients hold many users: private per-user state needs user clients"
+                    f"domain clients hold many users: private tables need one row per domain "
+                    f"({n_owners}), not {own.n_users} (per-user state needs user clients)"
                 )
             owners = self._domain_windows(split)  # window -> its domain
-            n_owners = len(split.dataset.domains)
         else:
+            if own.names(Owner.PRIVATE) and own.n_users != split.dataset.n_users:
+                raise FedLLMRecError(f"private tables have {own.n_users} rows, not one per user")
             owners = rec.training_tensors()["user"].numpy()
             n_owners = split.dataset.n_users
         self._population = ClientPopulation.from_windows(
@@ -162,7 +169,7 @@ class FederatedRecommender:
         domain, so its windows never mix domains.
         """
         ds, rec = split.dataset, self.recommender
-        if type(rec) is not SequentialRecommender:
+        if not rec.next_item:
             raise FedLLMRecError("domain clients are supported for next-item models only")
         train = split.role == TRAIN
         chunks, users, domains = [], [], []

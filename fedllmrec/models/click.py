@@ -71,6 +71,8 @@ class ClickRecommender(SequentialRecommender):
     (MRFF's KuaiSAR-R recipe: 6 features x 8 dimensions), named by the recipe.
     """
 
+    next_item: ClassVar[bool] = False  # predicts clicks on exposures
+
     max_len: int = 65
     dim: int = 48
     n_heads: int = 1

@@ -46,6 +46,7 @@ from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.models.base import Recommender
 from fedllmrec.models.baselines import ItemKNN, ItemKNNConfig, Popularity, PopularityConfig
 from fedllmrec.models.click import ClickRecommender
+from fedllmrec.models.fkd import FKDRecommender
 from fedllmrec.models.sequential import SequentialRecommender
 from fedllmrec.train.trainer import Trainable, Trainer, TrainerConfig
 
@@ -132,6 +133,15 @@ MODEL_BUILDERS: dict[str, ModelBuilder] = {
         ClickRecommender,
         _sequential,
         exclude=frozenset({"model", "split", "losses", "text_embeddings", "train.epochs", "head"}),
+        seed_key="train.seed",
+    ),
+    # Cross-domain FKD: a shared-semantics teacher and per-domain ID students.
+    "fkd": ModelBuilder(
+        FKDRecommender,
+        _sequential,
+        exclude=frozenset(
+            {"model", "split", "losses", "text_embeddings", "train.epochs", "semantics"}
+        ),
         seed_key="train.seed",
     ),
     "popularity": ModelBuilder(PopularityConfig, lambda options, _: Popularity(options)),
