@@ -47,12 +47,17 @@ class LocalConfig:
 
     Each step uses all the client's windows (``batch_size = 0``, a user client) or
     ``batch_size`` of them drawn afresh (a domain client holding many users).
+    ``length_buckets = B`` (0: off) makes a drawn step hold windows of similar length:
+    the client's shuffled windows are cut into runs of B steps, each run sorted by
+    length, and the steps shuffled; the engine cuts a step's all-padding columns, so
+    short windows cost little (Art-Office: a median in-domain window of 6 of 51 items).
     """
 
     steps: int = 1
     lr: float = 0.1
     optimizer: Literal["adam", "sgd"] = "adam"
     batch_size: int = 0
+    length_buckets: int = 0
 
     def __post_init__(self) -> None:
         check = partial(check_option, "LocalConfig")
@@ -60,6 +65,7 @@ class LocalConfig:
         check("lr", self.lr > 0, "> 0", self.lr)
         check("optimizer", self.optimizer in ("adam", "sgd"), "'adam' or 'sgd'", self.optimizer)
         check("batch_size", self.batch_size >= 0, ">= 0", self.batch_size)
+        check("length_buckets", self.length_buckets >= 0, ">= 0", self.length_buckets)
 
 
 @dataclass

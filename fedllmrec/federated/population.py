@@ -116,10 +116,31 @@ class ClientPopulation:
                 continue
             if client not in drawn:
                 rng = np.random.default_rng([self.seed, round_, client])
-                drawn[client] = [np.sort(rng.choice(r, size, replace=False)) for _ in steps]
+                if self.local.length_buckets:
+                    drawn[client] = self._bucketed(rng, r)
+                else:
+                    drawn[client] = [np.sort(rng.choice(r, size, replace=False)) for _ in steps]
             for step, draw in zip(steps, drawn[client], strict=True):
                 step.append(draw)
         return steps
+
+    def _bucketed(self, rng: np.random.Generator, rows: np.ndarray) -> list[np.ndarray]:
+        """A round's steps of one client, each of windows of similar length.
+
+        The client's windows are shuffled (as often as the steps need), cut into runs of
+        ``length_buckets`` steps, each run sorted by window length and cut into steps;
+        the steps are then shuffled.
+        """
+        size, steps, buckets = self.local.batch_size, self.local.steps, self.local.length_buckets
+        passes = -(-steps * size // rows.shape[0])  # ceil: every window at most once a pass
+        order = np.concatenate([rng.permutation(rows) for _ in range(passes)])
+        span = buckets * size
+        for lo in range(0, order.shape[0], span):
+            run = order[lo : lo + span]
+            order[lo : lo + span] = run[np.argsort(self.window_length[run], kind="stable")]
+        batches = [order[i * size : (i + 1) * size] for i in range(order.shape[0] // size)]
+        picked = rng.permutation(len(batches))[:steps]
+        return [np.sort(batches[i]) for i in picked]
 
     def chunks(
         self,

@@ -43,12 +43,14 @@ from torch.nn import functional as F
 from fedllmrec.data.sequences import left_pad, observed_sequences, user_sequences, windows
 from fedllmrec.data.split import TRAIN, Split, UserItemSet
 from fedllmrec.errors import FedLLMRecError, check_option
+from fedllmrec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from fedllmrec.models.items import PAD, ItemEmbedding, ItemEmbeddingConfig
 from fedllmrec.models.owners import Owner
 from fedllmrec.models.sasrec import SASRec, SASRecConfig
 from fedllmrec.models.sequential import BatchLoss, SequentialRecommender, SequentialTrainConfig
 from fedllmrec.semantics.protect import ProtectionConfig, SharedSemantics, share_semantics
 
+EMBEDDING_DIM = 384  # all-MiniLM-L6-v2
 MASKED = -1e9  # logit of an excluded candidate: finite, so KL terms stay 0 * finite
 
 
@@ -104,7 +106,7 @@ class FKDConfig:
 
 
 class StudentStack(nn.Module):
-    """One ID-based SASRec per domain, every tensor stacked on axis 0 (the domain's slot).
+    """One ID-based SASRec (or GRU4Rec) per domain, every tensor stacked on axis 0 (the slot).
 
     A domain client holds a one-slot stack (its own student, slot 0), as a user
     client holds its own row of a private table; the full stack (every domain) lives
@@ -121,6 +123,7 @@ class StudentStack(nn.Module):
         item_domain: np.ndarray,
         shared: torch.Tensor | None,
         counterpart: torch.Tensor | None,
+        architecture: Literal["sasrec", "gru4rec"] = "sasrec",
     ) -> None:
         super().__init__()
         n_domains = int(item_domain.max(initial=0)) + 1
@@ -131,7 +134,12 @@ class StudentStack(nn.Module):
         width = int(local.max()) + 1  # the largest domain's items and padding
         self.register_buffer("local_index", torch.from_numpy(local))
         # The encoder's forward is borrowed from one template; its tensors come from the stack.
-        template = SASRec(config, ItemEmbedding(ItemEmbeddingConfig(1, config.dim)))
+        dummy = ItemEmbedding(ItemEmbeddingConfig(1, config.dim))  # items come as vectors
+        template: SASRec | GRU4Rec = (
+            SASRec(config, dummy)
+            if architecture == "sasrec"
+            else GRU4Rec(GRU4RecConfig(1, config.dim, config.n_layers, config.dropout), dummy)
+        )
         self._template = [template]  # a list: not a submodule, so none of its own tensors count
         encoder = {
             name: p for name, p in template.named_parameters() if not name.startswith("items.")
@@ -233,7 +241,12 @@ class FKDRecommender(SequentialRecommender):
     def __post_init__(self) -> None:
         super().__post_init__()
         check = partial(check_option, type(self).__name__)
-        check("architecture", self.architecture == "sasrec", "'sasrec'", self.architecture)
+        check("architecture", self.architecture in ("sasrec", "gru4rec"),
+              "'sasrec' or 'gru4rec' (the students'; the teacher is a SASRec)",
+              self.architecture)  # fmt: skip
+        check("fkd.teacher", self.architecture == "sasrec" or not self.fkd.teacher,
+              "false with gru4rec students (single-domain GRU4Rec rows)",
+              self.fkd.teacher)  # fmt: skip
         check("item_source", self.item_source == "id", "'id' (students are ID models)",
               self.item_source)  # fmt: skip
 
@@ -250,12 +263,20 @@ class FKDRecommender(SequentialRecommender):
         check = partial(check_option, f"{type(self).__name__}.train")
         check("loss", self.train.loss == "sampled", "'sampled'", self.train.loss)
         check("sampler", self.train.sampler == "popularity", "'popularity'", self.train.sampler)
+        # Items nobody in the split touched are never a window, a draw or a candidate: they
+        # are neither embedded nor shared (a user subset embeds only its own items).
+        active = np.unique(ds.item)
         if self.text_embeddings is None:
-            from fedllmrec.semantics import embed_items
+            from fedllmrec.semantics import embed_items, item_texts
 
-            self.text_embeddings = embed_items(ds)
+            texts = item_texts(ds)
+            vectors = np.zeros((ds.n_items, EMBEDDING_DIM), dtype=np.float32)
+            vectors[active] = embed_items([texts[i] for i in active.tolist()])
+            self.text_embeddings = vectors
         # What crosses between domains: every domain's protected copy, never the originals.
-        self.semantics = share_semantics(self.text_embeddings, ds.item_domain, self.protection)
+        self.semantics = share_semantics(
+            self.text_embeddings, ds.item_domain, self.protection, items=active
+        )
         shared = torch.from_numpy(np.ascontiguousarray(self.semantics.vectors))
         config = SASRecConfig(
             ds.n_items, self.max_len, self.dim, self.n_layers, self.n_heads, self.dropout,
@@ -281,7 +302,11 @@ class FKDRecommender(SequentialRecommender):
                 near = self.semantics.counterparts()  # (n_items,) unshifted
                 counterpart = torch.from_numpy(np.concatenate([[PAD], near + 1]).astype(np.int64))
             students = StudentStack(
-                config, ds.item_domain, shared if self.fkd.uses_shared else None, counterpart
+                config,
+                ds.item_domain,
+                shared if self.fkd.uses_shared else None,
+                counterpart,
+                architecture="gru4rec" if self.architecture == "gru4rec" else "sasrec",
             )
         return FKDNet(teacher, students)
 

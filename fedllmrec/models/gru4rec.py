@@ -39,8 +39,19 @@ class GRU4Rec(nn.Module):
         self.gru = nn.GRU(config.dim, config.dim, config.n_layers, batch_first=True)
         self.out = nn.Linear(config.dim, config.dim)
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """States (B, T, D); left padding means every real item follows the pads."""
-        x = self.dropout(self.items(seq))  # (B, T, D)
+    def forward(
+        self,
+        seq: torch.Tensor,
+        extra: torch.Tensor | None = None,
+        vectors: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """States (B, T, D); left padding means every real item follows the pads.
+
+        ``vectors`` (B, T, D) are the items' vectors if already looked up (as SASRec's);
+        GRU4Rec takes no ``extra`` inputs.
+        """
+        if extra is not None:
+            raise ValueError("GRU4Rec takes no extra inputs")
+        x = self.dropout(self.items(seq) if vectors is None else vectors)  # (B, T, D)
         h, _ = self.gru(x)  # (B, T, D); causal by construction
         return self.out(h)

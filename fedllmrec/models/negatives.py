@@ -57,12 +57,15 @@ class PopularityProposal:
         *,
         alpha: float = 1.0,
         uniform_share: float = 0.0,
+        catalogue: np.ndarray | None = None,
     ) -> PopularityProposal:
         """The proposal of the training targets ``targets`` (shifted ids, padding dropped).
 
         ``item_domain`` (n_items,) is each item's domain (unshifted ids); draws of domain
         ``d`` are ``(1 - uniform_share) * c_i**alpha / sum(c**alpha) + uniform_share / I_d``
         over its ``I_d`` items, with ``c_i`` the item's count among ``targets``.
+        ``catalogue`` (n_items,) bool: the items that may be drawn (default all), e.g. the
+        items that occur in the split; the uniform share spreads over them only.
         """
         if not 0.0 <= uniform_share <= 1.0:
             raise ValueError(f"uniform_share must be in [0, 1], got {uniform_share!r}")
@@ -75,8 +78,13 @@ class PopularityProposal:
         # Never-drawn items (q = 0) get a finite floor: they can only be a padding target.
         log_q = np.full(n_items + 1, np.log(Q_FLOOR))
         items, cdfs = [], []
+        allowed = np.ones(n_items, dtype=bool) if catalogue is None else np.asarray(catalogue)
         for d in range(int(item_domain.max(initial=-1)) + 1):
-            ids = np.flatnonzero(item_domain == d)  # unshifted
+            ids = np.flatnonzero((item_domain == d) & allowed)  # unshifted
+            if not ids.size:  # a domain with nothing to draw (no targets will ask for it)
+                items.append(ids + 1)
+                cdfs.append(np.ones(1))
+                continue
             w = weights[ids]
             popular = w / w.sum() if w.sum() > 0 else np.full(ids.shape[0], 1.0 / ids.shape[0])
             q = (1.0 - uniform_share) * popular + uniform_share / ids.shape[0]

@@ -24,7 +24,7 @@ from fedllmrec.models.items import (
 )
 from fedllmrec.models.mrff import MRFF, GateMode, MRFFConfig, Routing, balance_loss
 from fedllmrec.models.negatives import PopularityProposal
-from fedllmrec.models.sasrec import PAD, SASRec, SASRecConfig
+from fedllmrec.models.sasrec import PAD, SASRec, SASRecConfig, trim_left_padding
 
 Architecture = Literal["sasrec", "gru4rec", "mrff"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
@@ -77,6 +77,10 @@ class SequentialTrainConfig:
     of uniform draws over the domain's catalogue; a position is scored against its own
     domain's draws only, and every logit, the target's included, is logQ-corrected
     (:mod:`fedllmrec.models.negatives`).
+
+    ``length_buckets = B`` (0: off) batches windows of similar length, B batches at a
+    time (see ``_epoch_batches``), and cuts each batch's all-padding columns: on
+    short-sequence data most of a 50-column window is padding.
     """
 
     epochs: int = 30
@@ -90,6 +94,7 @@ class SequentialTrainConfig:
     sampler: Literal["uniform", "popularity"] = "uniform"
     sampler_alpha: float = 1.0
     uniform_share: float = 0.0
+    length_buckets: int = 0
 
     def __post_init__(self) -> None:
         check = partial(check_option, "SequentialTrainConfig")
@@ -105,6 +110,7 @@ class SequentialTrainConfig:
               self.sampler)  # fmt: skip
         check("sampler_alpha", self.sampler_alpha >= 0.0, ">= 0", self.sampler_alpha)
         check("uniform_share", 0.0 <= self.uniform_share <= 1.0, "in [0, 1]", self.uniform_share)
+        check("length_buckets", self.length_buckets >= 0, ">= 0", self.length_buckets)
 
 
 @dataclass
@@ -205,11 +211,13 @@ class SequentialRecommender:
         assert self.split is not None
         seq = self._data
         targets = seq[:, 1:][(seq[:, 1:] != PAD) & (seq[:, :-1] != PAD)].numpy()
+        ds = self.split.dataset
         return PopularityProposal.from_targets(
             targets,
-            self.split.dataset.item_domain,
+            ds.item_domain,
             alpha=cfg.sampler_alpha,
             uniform_share=cfg.uniform_share,
+            catalogue=np.isin(np.arange(ds.n_items), ds.item),  # items that occur in the split
         )
 
     def trained_modules(self) -> dict[str, torch.nn.Module]:
@@ -387,22 +395,49 @@ class SequentialRecommender:
         """One pass over the training windows; returns the mean per-target loss."""
         if self.model is None or not self._optims:
             raise RuntimeError("call fit() or setup() first")
-        tensors, batch_size = self.training_tensors(), self.train.batch_size
+        tensors = self.training_tensors()
         modules = list(self.trained_modules().values())
         for module in modules:
             module.train()
-        order = torch.from_numpy(self._rng.permutation(tensors["seq"].shape[0]))
         total, count = 0.0, 0
-        for lo in range(0, order.shape[0], batch_size):
-            rows = order[lo : lo + batch_size]
-            out = self.batch_loss({key: value[rows] for key, value in tensors.items()})
-            self._step(out.task + out.aux)
+        for rows in self._epoch_batches(tensors["seq"]):
+            batch = {key: value[rows] for key, value in tensors.items()}
+            if self.train.length_buckets:
+                batch = trim_left_padding(batch)  # same states on fewer columns
+            out = self.train_step(batch)
             total += float(out.task.detach()) * int(out.n_targets)
             count += int(out.n_targets)
         for module in modules:
             module.eval()
         self.losses.append(total / max(count, 1))
         return self.losses[-1]
+
+    def _epoch_batches(self, seq: torch.Tensor) -> list[torch.Tensor]:
+        """The rows of each batch of an epoch, from a fresh random order.
+
+        With ``length_buckets = B`` the order is cut into runs of B batches, each run sorted
+        by window length (so a batch holds windows of similar length), and the batches are
+        then shuffled.
+        """
+        batch_size, buckets = self.train.batch_size, self.train.length_buckets
+        order = self._rng.permutation(seq.shape[0])
+        if buckets:
+            lengths = (seq != PAD).sum(1).numpy()[order]
+            span = buckets * batch_size
+            for lo in range(0, order.shape[0], span):
+                run = np.argsort(lengths[lo : lo + span], kind="stable")
+                order[lo : lo + span] = order[lo : lo + span][run]
+        batches = [torch.from_numpy(order[lo : lo + batch_size])
+                   for lo in range(0, order.shape[0], batch_size)]  # fmt: skip
+        if buckets:
+            batches = [batches[i] for i in self._rng.permutation(len(batches))]
+        return batches
+
+    def train_step(self, batch: Mapping[str, torch.Tensor]) -> BatchLoss:
+        """One optimiser step on a batch of :meth:`training_tensors` rows; returns its loss."""
+        out = self.batch_loss(batch)
+        self._step(out.task + out.aux)
+        return out
 
     def _step(self, loss: torch.Tensor) -> None:
         """One optimiser step on every optimiser (dense Adam, and SparseAdam for private rows)."""

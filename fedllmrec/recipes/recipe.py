@@ -348,7 +348,7 @@ def _from_raw(path: Path, raw: dict[str, Any], overrides: list[str]) -> Recipe:
 
     federated = None
     if "federated" in raw:
-        if kind not in ("sequential", "click"):
+        if kind not in ("sequential", "click", "fkd"):
             raise _Bad("federated", f"model kind {kind!r} cannot train federated")
         section = dict(_table(raw, "federated"))
         section.setdefault("seed", trainer.seed)

@@ -91,10 +91,13 @@ class SharedSemantics:
         n_domains = int(self.item_domain.max(initial=0)) + 1
         if n_domains == 1 or not exclude_domain:
             return np.arange(self.vectors.shape[0])
-        out = np.empty(self.vectors.shape[0], dtype=np.int64)
+        out = np.arange(self.vectors.shape[0])  # an unshared item is its own counterpart
+        present = self.vectors.any(axis=1)
         for d in range(n_domains):
-            own = np.flatnonzero(self.item_domain == d)
-            other = np.flatnonzero(self.item_domain != d)
+            own = np.flatnonzero((self.item_domain == d) & present)
+            other = np.flatnonzero((self.item_domain != d) & present)
+            if not own.size or not other.size:
+                continue
             nearest = nearest_rows(self.vectors[own], self.vectors[other], 1)[:, 0]
             out[own] = other[nearest]
         return out
@@ -129,18 +132,26 @@ def protect_vectors(
 
 
 def share_semantics(
-    vectors: np.ndarray, item_domain: np.ndarray, config: ProtectionConfig
+    vectors: np.ndarray,
+    item_domain: np.ndarray,
+    config: ProtectionConfig,
+    items: np.ndarray | None = None,
 ) -> SharedSemantics:
     """Every domain protects its own items; the union of the protected copies.
 
     ``vectors`` (n_items, d) are the original unit vectors; domain ``d`` sees only its
-    rows and draws from ``default_rng([config.seed, d])``.
+    rows and draws from ``default_rng([config.seed, d])``. ``items``: the only items
+    shared (others stay zero rows: nobody touched them), default all.
     """
     item_domain = np.asarray(item_domain)
-    shared = np.empty_like(np.asarray(vectors, dtype=np.float32))
+    shared = np.zeros_like(np.asarray(vectors, dtype=np.float32))
     replaced = np.zeros(shared.shape[0], dtype=bool)
+    chosen = np.ones(shared.shape[0], dtype=bool)
+    if items is not None:
+        chosen[:] = False
+        chosen[items] = True
     for d in np.unique(item_domain).tolist():
-        rows = np.flatnonzero(item_domain == d)
+        rows = np.flatnonzero((item_domain == d) & chosen)
         rng = np.random.default_rng([config.seed, d])
         shared[rows], replaced[rows] = protect_vectors(vectors[rows], config, rng)
     return SharedSemantics(shared, item_domain, replaced, config)

@@ -47,7 +47,9 @@ class PerClientEngine:
         every = net.tensors()
         private_names = own.names(Owner.PRIVATE)
         for chunk in job.chunks:
-            batches = [_pad(tensors, rows) for rows in population.windows(chunk, job.round)]
+            batches = [
+                stack_client_rows(tensors, rows) for rows in population.windows(chunk, job.round)
+            ]
             # Columns that are padding in every window of the chunk change nothing: cut them.
             batches = [trim_left_padding(batch) for batch in batches]
             if population.kind == "user":
@@ -174,11 +176,12 @@ def train_clients(
             return grads, task, groups
         if mode != "loop":
             raise ValueError(f"mode must be 'vmap' or 'loop', not {mode!r}")
+        # Each client's own all-padding columns are cut too (exact; short windows cost less).
         per_client = [
             step_grad(
                 {k: v[c] for k, v in trained.items()},
                 {k: v[c] for k, v in private_data.items()},
-                {k: v[c] for k, v in batch.items()},
+                trim_left_padding({k: v[c] for k, v in batch.items()}),
             )
             for c in range(n_clients)
         ]
@@ -269,7 +272,9 @@ def proximal_term(
     return 0.5 * mu * total
 
 
-def _pad(tensors: Mapping[str, torch.Tensor], rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
+def stack_client_rows(
+    tensors: Mapping[str, torch.Tensor], rows: list[np.ndarray]
+) -> dict[str, torch.Tensor]:
     """Rows of each client stacked (C, W, ...), zero-padded to the chunk's widest client."""
     width = max(r.shape[0] for r in rows)
     batch = {}

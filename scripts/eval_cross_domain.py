@@ -1,0 +1,179 @@
+"""The cross-domain table on Art-Office: every row trained by its recipe, one command.
+
+Each row is a recipe plus overrides, trained by ``fedllmrec train`` in its own process
+(one torch thread, pinned to a core; ``--jobs`` rows at a time) into ``OUT/<row>``; a row
+whose ``metrics.json`` exists is reused (and an interrupted one resumes from its
+checkpoint), so the command can be re-run until the table is complete. All rows rank the
+same saved candidates (the prepared split's 1+99 lists, and their first 19 negatives for
+the 1+19 protocol of the LLM issue).
+
+    FEDLLMREC_DATA=../shared/data python scripts/eval_cross_domain.py --out runs/cross-domain
+    python scripts/eval_cross_domain.py --quick --out runs/cross-domain-quick   # < 5 minutes
+
+The table (markdown) is printed and written to ``OUT/table.md``, the numbers to
+``OUT/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchlib import TrainJob, run_jobs, run_metrics
+
+CENTRAL = "recipes/fkd-art-office.toml"
+FEDERATED = "recipes/fkd-fed-art-office.toml"
+NO_KD = ["model.fkd.factual=0", "model.fkd.counterfactual=0", "model.fkd.alignment=0"]
+TEACHER = ["model.fkd.students=false", "model.fkd.score_with=teacher", *NO_KD]
+STUDENT = ["model.fkd.teacher=false", *NO_KD]
+FACTUAL = ["model.fkd.counterfactual=0", "model.fkd.alignment=0"]
+COUNTER = ["model.fkd.alignment=0"]
+UNPROTECTED = ["model.protection.sigma=0", "model.protection.replace_p=0"]
+DOMAINS = ("arts", "office")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a recipe, its overrides, and how many seeds."""
+
+    name: str
+    label: str
+    recipe: str
+    overrides: Sequence[str] = ()
+    seeds: Sequence[int] = (0,)
+    trains: bool = True  # baselines fit in one call; the trainer handles both
+
+    def runs(self) -> list[tuple[str, list[str]]]:
+        """(run directory name, overrides) of every seed."""
+        out = []
+        for seed in self.seeds:
+            suffix = "" if seed == 0 else f"-s{seed}"
+            sets = [*self.overrides] + ([f"trainer.seed={seed}"] if seed else [])
+            out.append((self.name + suffix, sets))
+        return out
+
+
+HEADLINE = (0, 1, 2)
+ROWS: tuple[Row, ...] = (
+    Row("popularity", "popularity", "recipes/popularity-art-office.toml"),
+    Row("itemknn", "item-kNN (in-domain history)", "recipes/itemknn-art-office.toml"),
+    Row("sasrec-single", "single-domain SASRec (each domain alone)", CENTRAL, STUDENT),
+    Row(
+        "gru4rec-single",
+        "single-domain GRU4Rec (each domain alone)",
+        CENTRAL,
+        [*STUDENT, "model.architecture=gru4rec"],
+    ),
+    Row("teacher-central", "text-only teacher, centralized", CENTRAL, TEACHER),
+    Row("teacher-fed", "text-only teacher, federated", FEDERATED, TEACHER),
+    Row("student-fed", "federated ID student, no KD", FEDERATED, STUDENT, HEADLINE),
+    Row("factual-fed", "+ factual KD", FEDERATED, FACTUAL),
+    Row("counter-fed", "+ counterfactual KD", FEDERATED, COUNTER),
+    Row("fkd-fed", "+ alignment (full FKD)", FEDERATED, (), HEADLINE),
+    Row("fkd-fed-sigma0", "full FKD, sigma = 0 (no protection)", FEDERATED, UNPROTECTED),
+    Row(
+        "upper-central",
+        "centralized upper bound (both domains' raw data, mixed sequences, original text)",
+        "recipes/sasrec-idtext-pop-art-office.toml",
+    ),
+)
+
+# The main job's cross-domain stage: 1,000 users, 2 short rounds, the cheap protocols.
+QUICK_SETS = [
+    "data.split.max_users=1000",
+    "trainer.max_epochs=2",
+    "trainer.eval_every=1",
+    "federated.local.steps=15",
+    'eval.modes=["sampled", "sampled-19"]',
+    "eval.cold_start=false",
+]
+QUICK_ROWS = ("student-fed", "fkd-fed")
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("full HR@10", "full/{d}HR@10"),
+    ("full NDCG@10", "full/{d}NDCG@10"),
+    ("1+99 HR@10", "sampled/{d}HR@10"),
+    ("1+99 NDCG@10", "sampled/{d}NDCG@10"),
+    ("1+19 HR@1", "sampled-19/{d}HR@1"),
+    ("1+19 HR@5", "sampled-19/{d}HR@5"),
+    ("1+19 NDCG@5", "sampled-19/{d}NDCG@5"),
+    ("cold full HR@10", "cold/full/{d}HR@10"),
+    ("cold 1+99 HR@10", "cold/sampled/{d}HR@10"),
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/cross-domain")
+    parser.add_argument("--jobs", type=int, default=2, help="rows trained at once (one core each)")
+    parser.add_argument("--quick", action="store_true", help="the main job's quick subset")
+    parser.add_argument("--rows", nargs="*", help="only these rows (names)")
+    parser.add_argument("--set", action="append", default=[], dest="extra")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r for r in ROWS if (not args.quick or r.name in QUICK_ROWS)]
+    if args.rows:
+        rows = [r for r in rows if r.name in args.rows]
+    extra = [*(QUICK_SETS if args.quick else []), *args.extra]
+    jobs = [
+        TrainJob(row.recipe, run, [*sets, *_applicable(row, extra)], out / run)
+        for row in rows
+        for run, sets in (row.runs()[:1] if args.quick else row.runs())
+    ]
+    wall = run_jobs(jobs, args.jobs)
+    results = {job.run: run_metrics(job.out) for job in jobs}
+    table = render(rows, results, quick=args.quick)
+    print(table)
+    (out / "table.md").write_text(table + "\n", encoding="utf-8")
+    record = {"wall_seconds": wall, "quick": args.quick, "extra": extra, "runs": results}
+    (out / "results.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+
+
+def _applicable(row: Row, extra: list[str]) -> list[str]:
+    """The extra overrides a row's recipe takes (no [federated] keys for a central one)."""
+    federated = row.recipe == FEDERATED
+    return [s for s in extra if federated or not s.startswith("federated.")]
+
+
+def render(rows: Sequence[Row], results: dict[str, dict[str, Any]], *, quick: bool) -> str:
+    """One markdown table: a row per model, ``arts / office`` in every cell."""
+    columns = [c for c in COLUMNS if not quick or not c[1].startswith(("full", "cold"))]
+    head = ["model", "seeds", "best/stopped", *[name for name, _ in columns], "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        runs = [run for run, _ in (row.runs()[:1] if quick else row.runs())]
+        found = [results[r] for r in runs if r in results]
+        if not found:
+            continue
+        cells = [row.label, str(len(found))]
+        cells.append(
+            ", ".join(f"{f.get('best_epoch')}/{f.get('stopped_epoch')}" for f in found[:1])
+        )
+        for _, pattern in columns:
+            per_domain = []
+            for d in DOMAINS:
+                values = [f["test"].get(pattern.format(d=d + "/")) for f in found]
+                per_domain.append(_cell([v for v in values if v is not None]))
+            cells.append(" / ".join(per_domain))
+        seconds = [f.get("train_seconds") or 0.0 for f in found]
+        cells.append(f"{statistics.mean(seconds):.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+if __name__ == "__main__":
+    main()
