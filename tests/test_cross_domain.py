@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedllmrec.data.prepare import Prepared
 from fedllmrec.data.schema import RecDataset
 from fedllmrec.data.split import Split, leave_one_out
 from fedllmrec.federated.config import FederationConfig, LocalConfig
@@ -247,3 +248,53 @@ def test_fkd_refuses_the_vmap_engine(ao_split: Split, vectors: np.ndarray) -> No
     config = FederationConfig(partition="domain", engine="vmap")
     with pytest.raises(Exception, match="client engines"):
         FederatedRecommender(small_fkd(vectors), config).setup(ao_split)
+
+
+# ---------------------------------------------------------------- options the table uses
+
+
+def test_a_user_subset_keeps_whole_users(art_office: RecDataset) -> None:
+    from fedllmrec.data.split import SplitConfig
+
+    split = leave_one_out(art_office, SplitConfig(max_users=300, users_seed=1))
+    users = np.unique(split.dataset.user)
+    assert users.shape[0] == 300
+    counts = np.bincount(art_office.user, minlength=art_office.n_users)
+    assert len(split.dataset.user) == counts[users].sum()  # every interaction of each user
+    again = leave_one_out(art_office, SplitConfig(max_users=300, users_seed=1))
+    np.testing.assert_array_equal(np.unique(again.dataset.user), users)
+    assert SplitConfig().to_dict() == {  # splits prepared before the option keep their key
+        "min_user_interactions": 0,
+        "min_item_interactions": 0,
+        "max_history": None,
+        "per_domain": True,
+    }
+
+
+def test_length_buckets_draw_steps_of_similar_windows(ao_split: Split, vectors: np.ndarray) -> None:
+    local = LocalConfig(steps=6, lr=1e-3, batch_size=32, length_buckets=6)
+    config = FederationConfig(partition="domain", engine="loop", local=local)
+    fed = FederatedRecommender(small_fkd(vectors), config).setup(ao_split)
+    population = fed.population
+    steps = population.windows(np.array([0]), 3)
+    assert len(steps) == 6 and all(len(step) == 1 for step in steps)
+    spread = [np.ptp(population.window_length[step[0]]) for step in steps]
+    drawn = [np.ptp(population.window_length[r]) for r in np.array_split(population.rows[0], 50)]
+    assert np.mean(spread) < np.mean(drawn) / 2  # similar lengths within a step
+    population.windows(np.array([0]), 4)  # another round, then round 3 drawn afresh
+    again = population.windows(np.array([0]), 3)
+    for a, b in zip(steps, again, strict=True):
+        np.testing.assert_array_equal(a[0], b[0])  # seeded by (seed, round, client)
+
+
+def test_the_1_plus_19_mode_ranks_the_first_19_saved_negatives(ml100k_prepared: Prepared) -> None:
+    from fedllmrec.eval.evaluators import RankingEvaluator
+    from fedllmrec.eval.ranking import evaluate_ranking
+    from fedllmrec.models.baselines import Popularity
+
+    model = Popularity().fit(ml100k_prepared.split)
+    out = RankingEvaluator(ml100k_prepared, modes=["sampled-19"], ks=[1, 5])(model, "test")
+    direct = evaluate_ranking(model, ml100k_prepared, role="test", n_negatives=19, ks=[1, 5])
+    assert out["sampled-19/HR@1"] == direct["metrics"]["HR@1"]
+    assert out["sampled-19/NDCG@5"] == direct["metrics"]["NDCG@5"]
+    assert 0.05 < out["sampled-19/HR@1"] < 1.0  # popularity beats random (1 in 20)

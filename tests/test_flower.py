@@ -525,3 +525,52 @@ def test_flower_refuses_privacy_the_plain_path_cannot_carry() -> None:
                 SimpleNamespace(federation=FederationConfig(strategy=strategy, privacy=secure)),
             )
         )
+
+
+# ---------------------------------------------------------------- domain clients (FKD)
+
+FKD_CASE = Case(
+    "fkd-fed-art-office.toml",
+    (
+        "data.split.max_users=150",  # the items of 150 users are embedded, not 38k
+        "model.dim=8",
+        "model.max_len=10",
+        "model.n_heads=1",
+        "model.dropout=0",
+        "model.train.n_negatives=50",
+        "federated.local.steps=2",
+        "federated.local.batch_size=16",
+    ),
+    rounds=2,
+    clients=2,
+    participants=2,
+)
+
+
+@pytest.fixture(scope="module")
+def fkd_simulated(data_root: Path) -> FederatedRecommender:
+    fed = _source(FKD_CASE, data_root).load().build_federation()
+    for _ in range(FKD_CASE.rounds):
+        fed.train_round()
+    return fed
+
+
+def test_flower_domain_nodes_match_the_simulator_on_fkd(
+    fkd_simulated: FederatedRecommender, data_root: Path, tmp_path: Path
+) -> None:
+    """One SuperNode per domain: the teacher the server averages and every round's loss are
+    the simulator's; the students stay on their nodes (only the teacher is sent)."""
+    _simulate(make_server_app(_run_config(FKD_CASE, data_root, tmp_path)), num_supernodes=2)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["clients"] == 2 and history["partitions"] == 2
+    np.testing.assert_allclose(history["losses"], fkd_simulated.losses, rtol=1e-5)
+    own = fkd_simulated.ownership
+    teacher = own.names(Owner.GLOBAL)
+    assert teacher and all(name.startswith("model.teacher.") for name in teacher)
+    for flower, sim in zip(history["rounds"], fkd_simulated.server.records, strict=True):
+        assert flower["participants"] == sim["participants"] == 2
+        assert flower["bytes_up"] == sim["bytes_up"]
+    final = load_file(tmp_path / "server.safetensors")
+    assert set(final) == set(teacher)  # no student tensor reached the server
+    for name, value in fkd_simulated.shared_tensors().items():
+        torch.testing.assert_close(final[name], value.detach(), rtol=1e-5, atol=1e-5)

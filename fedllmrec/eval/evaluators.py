@@ -69,6 +69,10 @@ class RankingEvaluator:
     ties: TiePolicy = "expected"
     batch_size: int = 256
     cold_start: bool = False  # also "cold/..." keys: held-out items never seen in training
+    # Validation (every eval_every epochs) computes only these modes and no cold keys when
+    # set; test computes everything. Full ranking on 19k items costs most of an Art-Office
+    # epoch, and model selection reads one key.
+    valid_modes: Sequence[EvalMode] | None = None
 
     def __post_init__(self) -> None:
         for mode in self.modes:
@@ -79,12 +83,16 @@ class RankingEvaluator:
             self.prepared.sampled("test", self.n_negatives)
         if "sampled-19" in self.modes:
             self.prepared.sampled("test", LLM_NEGATIVES)
+        if self.valid_modes is not None and not set(self.valid_modes) <= set(self.modes):
+            raise ValueError(f"valid_modes {self.valid_modes} must be among modes {self.modes}")
 
     def __call__(self, model: Scorer, role: str) -> dict[str, float]:
         out: dict[str, float] = {}
-        for cold in (False, True) if self.cold_start else (False,):
+        valid = role == "valid" and self.valid_modes is not None
+        modes = self.valid_modes if valid and self.valid_modes is not None else self.modes
+        for cold in (False, True) if self.cold_start and not valid else (False,):
             prefix = "cold/" if cold else ""
-            for mode in self.modes:
+            for mode in modes:
                 short = mode == "sampled-19"
                 result = evaluate_ranking(
                     cast(Recommender, model),  # it only calls score(); trained models need no fit()
@@ -105,12 +113,15 @@ class RankingEvaluator:
         return out
 
     def metric_names(self) -> list[str]:
-        """Every key a call returns, known before any model is trained."""
+        """Every key a validation call returns (what a trainer may monitor), known before any
+        model is trained."""
         per_mode = [name for k in self.ks for name in (f"HR@{k}", f"NDCG@{k}")] + ["MRR"]
         domains = self.prepared.dataset.domains
         scopes = [""] + ([f"{d}/" for d in domains] if len(domains) > 1 else [])
-        names = [f"{m}/{s}{name}" for m in self.modes for s in scopes for name in per_mode]
-        return names + [f"cold/{name}" for name in names] if self.cold_start else names
+        modes = self.modes if self.valid_modes is None else self.valid_modes
+        names = [f"{m}/{s}{name}" for m in modes for s in scopes for name in per_mode]
+        cold = self.cold_start and self.valid_modes is None
+        return names + [f"cold/{name}" for name in names] if cold else names
 
 
 @dataclass

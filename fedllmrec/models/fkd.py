@@ -231,6 +231,7 @@ class FKDRecommender(SequentialRecommender):
 
     # The loss gathers its targets and groups rows by domain (data-dependent shapes).
     client_engines: ClassVar[tuple[str, ...]] = ("loop",)
+    seeds_clients: ClassVar[bool] = True  # its draws match between the simulator and Flower
     train: SequentialTrainConfig = field(
         default_factory=lambda: SequentialTrainConfig(loss="sampled", sampler="popularity")
     )

@@ -154,6 +154,8 @@ class SequentialRecommender:
     # shape-static losses, linear row_weighted_loss), and whether it predicts next items.
     client_engines: ClassVar[tuple[str, ...]] = ENGINES
     next_item: ClassVar[bool] = True
+    # True: the loop engine calls seed_client before each client's step (see there).
+    seeds_clients: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check = partial(check_option, type(self).__name__)
@@ -331,6 +333,13 @@ class SequentialRecommender:
     def _use_training_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
         self._data, self._users = tensors["seq"], tensors["user"]
         self._proposal = self._make_proposal()
+
+    def seed_client(self, seed: tuple[int, ...]) -> None:
+        """Reseed the draws of one client's local step (``(federation seed, round, client,
+        step)``): its negatives and torch's dropout and swaps, so they do not depend on which
+        clients trained before it in this process."""
+        self._rng = np.random.default_rng(list(seed))
+        torch.manual_seed(int(np.random.default_rng(list(seed)).integers(2**62)))
 
     @property
     def rng(self) -> np.random.Generator:

@@ -67,6 +67,7 @@ class PerClientEngine:
                 job.config.local,
                 job.config.strategy.proximal_mu,
                 self.name,
+                client_seeds=[(population.seed, job.round, int(c)) for c in population.ids[chunk]],
             )
             with torch.no_grad():  # the client keeps its new private rows: never uploaded
                 for name, rows in result.private.items():
@@ -99,6 +100,7 @@ def train_clients(
     config: LocalConfig,
     proximal_mu: float = 0.0,
     mode: Mode = "vmap",
+    client_seeds: Sequence[tuple[int, ...]] | None = None,
 ) -> ChunkResult:
     """Local training of a chunk of C clients from the received shared tensors.
 
@@ -123,8 +125,13 @@ def train_clients(
         FedProx weight (0: plain local training).
     mode : {"vmap", "loop"}
         Batched over clients, or the per-client reference loop.
+    client_seeds : sequence of tuple of int, optional
+        ``(federation seed, round, client id)`` of each client. The loop reseeds a
+        recommender that draws from its own generators (``seeds_clients``) before each
+        client's step, so a client draws alike in any chunk and on any Flower node.
     """
     batches = [batch] * config.steps if isinstance(batch, Mapping) else list(batch)
+    recommender = net.recommender
     if len(batches) != config.steps:
         raise ValueError(f"{len(batches)} batches for {config.steps} local steps")
     n_clients = next(iter(batches[0].values())).shape[0]
@@ -177,14 +184,17 @@ def train_clients(
         if mode != "loop":
             raise ValueError(f"mode must be 'vmap' or 'loop', not {mode!r}")
         # Each client's own all-padding columns are cut too (exact; short windows cost less).
-        per_client = [
-            step_grad(
-                {k: v[c] for k, v in trained.items()},
-                {k: v[c] for k, v in private_data.items()},
-                trim_left_padding({k: v[c] for k, v in batch.items()}),
+        per_client = []
+        for c in range(n_clients):
+            if client_seeds is not None and recommender.seeds_clients:
+                recommender.seed_client((*client_seeds[c], step))
+            per_client.append(
+                step_grad(
+                    {k: v[c] for k, v in trained.items()},
+                    {k: v[c] for k, v in private_data.items()},
+                    trim_left_padding({k: v[c] for k, v in batch.items()}),
+                )
             )
-            for c in range(n_clients)
-        ]
         grads = {k: torch.stack([g[k] for g, _ in per_client]) for k in trained}
         task = torch.stack([aux[0] for _, aux in per_client])
         groups = torch.stack([aux[1] for _, aux in per_client])
