@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedllmrec.data.split import Split, UserItemSet
+from fedllmrec.data.split import TRAIN, Split, UserItemSet
 
 
 def _user_bounds(split: Split, users: np.ndarray) -> np.ndarray:
@@ -68,4 +68,35 @@ def left_pad(sequences: list[np.ndarray], max_len: int, offset: int = 1) -> np.n
         tail = seq[-max_len:]
         if tail.size:
             out[r, max_len - tail.shape[0] :] = tail + offset
+    return out
+
+
+def domain_windows(split: Split, length: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Training windows of each user's part in each domain, domain by domain.
+
+    A window never mixes domains: it is what a domain client holds of a user. Returns the
+    windows (see :func:`windows`), the user of each and its domain.
+    """
+    ds = split.dataset
+    train = split.role == TRAIN
+    chunks: list[np.ndarray] = []
+    users, domains = [], []
+    for d in range(len(ds.domains)):
+        part, owners = windows(user_sequences(split, train & (ds.domain == d)), length)
+        chunks += part
+        users.append(owners)
+        domains.append(np.full(owners.shape[0], d))
+    return chunks, np.concatenate(users), np.concatenate(domains)
+
+
+def sort_runs_by_length(order: np.ndarray, lengths: np.ndarray, span: int) -> np.ndarray:
+    """``order`` (row ids) with each run of ``span`` rows sorted by ``lengths[row]`` (stable).
+
+    Batches cut from the result hold windows of similar length (length buckets), while
+    the runs keep the order's randomness.
+    """
+    out = order.copy()
+    for lo in range(0, out.shape[0], span):
+        run = out[lo : lo + span]
+        out[lo : lo + span] = run[np.argsort(lengths[run], kind="stable")]
     return out

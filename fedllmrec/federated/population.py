@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from fedllmrec.data.sequences import sort_runs_by_length
 from fedllmrec.federated.config import LocalConfig
 from fedllmrec.models.items import PAD
 
@@ -134,10 +135,7 @@ class ClientPopulation:
         size, steps, buckets = self.local.batch_size, self.local.steps, self.local.length_buckets
         passes = -(-steps * size // rows.shape[0])  # ceil: every window at most once a pass
         order = np.concatenate([rng.permutation(rows) for _ in range(passes)])
-        span = buckets * size
-        for lo in range(0, order.shape[0], span):
-            run = order[lo : lo + span]
-            order[lo : lo + span] = run[np.argsort(self.window_length[run], kind="stable")]
+        order = sort_runs_by_length(order, self.window_length, buckets * size)
         batches = [order[i * size : (i + 1) * size] for i in range(order.shape[0] // size)]
         picked = rng.permutation(len(batches))[:steps]
         return [np.sort(batches[i]) for i in picked]

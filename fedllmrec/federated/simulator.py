@@ -24,8 +24,8 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import torch
 
-from fedllmrec.data.sequences import left_pad, user_sequences, windows
-from fedllmrec.data.split import TRAIN, Split, UserItemSet
+from fedllmrec.data.sequences import domain_windows, left_pad
+from fedllmrec.data.split import Split, UserItemSet
 from fedllmrec.errors import FedLLMRecError
 from fedllmrec.federated.aggregation import RoundAggregator
 from fedllmrec.federated.config import FederationConfig
@@ -168,24 +168,17 @@ class FederatedRecommender:
         A domain client holds, for each user, only that user's interactions in its
         domain, so its windows never mix domains.
         """
-        ds, rec = split.dataset, self.recommender
+        rec = self.recommender
         if not rec.next_item:
             raise FedLLMRecError("domain clients are supported for next-item models only")
-        train = split.role == TRAIN
-        chunks, users, domains = [], [], []
-        for d in range(len(ds.domains)):
-            per_user = user_sequences(split, train & (ds.domain == d))
-            part, owners = windows(per_user, rec.max_len + 1)
-            chunks += part
-            users.append(owners)
-            domains.append(np.full(owners.shape[0], d))
+        chunks, users, domains = domain_windows(split, rec.max_len + 1)
         rec.set_training_tensors(
             {
                 "seq": torch.from_numpy(left_pad(chunks, rec.max_len + 1)),
-                "user": torch.from_numpy(np.concatenate(users)),
+                "user": torch.from_numpy(users),
             }
         )
-        return np.concatenate(domains)
+        return domains
 
     def _routing_shape(self) -> tuple[int, int]:
         model = self.recommender.model

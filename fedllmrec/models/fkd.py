@@ -40,8 +40,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from fedllmrec.data.sequences import left_pad, observed_sequences, user_sequences, windows
-from fedllmrec.data.split import TRAIN, Split, UserItemSet
+from fedllmrec.data.sequences import domain_windows, left_pad, observed_sequences
+from fedllmrec.data.split import Split, UserItemSet
 from fedllmrec.errors import FedLLMRecError, check_option
 from fedllmrec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from fedllmrec.models.items import PAD, ItemEmbedding, ItemEmbeddingConfig
@@ -313,15 +313,9 @@ class FKDRecommender(SequentialRecommender):
 
     def _load_training_data(self, split: Split) -> None:
         # In-domain windows: a domain's part of a user's sequence never mixes domains.
-        ds = split.dataset
-        train = split.role == TRAIN
-        chunks, owners = [], []
-        for d in range(len(ds.domains)):
-            part, users = windows(user_sequences(split, train & (ds.domain == d)), self.max_len + 1)
-            chunks += part
-            owners.append(users)
+        chunks, users, _ = domain_windows(split, self.max_len + 1)
         self._data = torch.from_numpy(left_pad(chunks, self.max_len + 1))
-        self._users = torch.from_numpy(np.concatenate(owners))
+        self._users = torch.from_numpy(users)
         self._proposal = self._make_proposal()
 
     # ------------------------------------------------------------------ training

@@ -11,7 +11,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from fedllmrec.data.sequences import left_pad, observed_sequences, user_sequences, windows
+from fedllmrec.data.sequences import (
+    left_pad,
+    observed_sequences,
+    sort_runs_by_length,
+    user_sequences,
+    windows,
+)
 from fedllmrec.data.split import TRAIN, VALID, Split, UserItemSet
 from fedllmrec.errors import check_option
 from fedllmrec.models.gru4rec import GRU4Rec, GRU4RecConfig
@@ -431,11 +437,7 @@ class SequentialRecommender:
         batch_size, buckets = self.train.batch_size, self.train.length_buckets
         order = self._rng.permutation(seq.shape[0])
         if buckets:
-            lengths = (seq != PAD).sum(1).numpy()[order]
-            span = buckets * batch_size
-            for lo in range(0, order.shape[0], span):
-                run = np.argsort(lengths[lo : lo + span], kind="stable")
-                order[lo : lo + span] = order[lo : lo + span][run]
+            order = sort_runs_by_length(order, (seq != PAD).sum(1).numpy(), buckets * batch_size)
         batches = [torch.from_numpy(order[lo : lo + batch_size])
                    for lo in range(0, order.shape[0], batch_size)]  # fmt: skip
         if buckets:
