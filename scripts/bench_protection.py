@@ -25,6 +25,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 from benchlib import TrainJob, machine, run_jobs, run_metrics
 
 from fedllmrec.data.registry import load_dataset
@@ -104,15 +105,18 @@ def render(rows: list[dict[str, float | None]]) -> str:
 
 
 def plot(rows: list[dict[str, float | None]], path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    utility = [k for k in ("HR@1 (1+19)", "HR@10 (full)") if k in rows[0]]
+    fig, axes = plt.subplots(1, 1 + len(utility), figsize=(5 * (1 + len(utility)), 4))
+    axes = np.atleast_1d(axes)
     for p in REPLACE:
         sub = [r for r in rows if r["replace_p"] == p]
         cos = [r["mean_cosine"] for r in sub]
         axes[0].plot(cos, [r["reidentification"] for r in sub], "o-", label=f"p = {p:g}")
-        if "HR@10 (full)" in sub[0]:
-            axes[1].plot(cos, [r["HR@10 (full)"] for r in sub], "o-", label=f"p = {p:g}")
+        for ax, key in zip(axes[1:], utility, strict=True):
+            ax.plot(cos, [r[key] for r in sub], "o-", label=f"p = {p:g}")
     axes[0].set(xlabel="mean cosine(original, shared)", ylabel="re-identification rate")
-    axes[1].set(xlabel="mean cosine(original, shared)", ylabel="full FKD test HR@10 (full rank)")
+    for ax, key in zip(axes[1:], utility, strict=True):
+        ax.set(xlabel="mean cosine(original, shared)", ylabel=f"full FKD test {key}")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()

@@ -1,6 +1,6 @@
 """The cross-domain table on Art-Office: every row trained by its recipe, one command.
 
-Each row is a recipe plus overrides, trained by ``fedllmrec train`` in its own process
+Each row is a recipe of its own, trained by ``fedllmrec train`` in its own process
 (one torch thread, pinned to a core; ``--jobs`` rows at a time) into ``OUT/<row>``; a row
 whose ``metrics.json`` exists is reused (and an interrupted one resumes from its
 checkpoint), so the command can be re-run until the table is complete. All rows rank the
@@ -27,14 +27,8 @@ from typing import Any
 
 from benchlib import TrainJob, run_jobs, run_metrics
 
-CENTRAL = "recipes/fkd-art-office.toml"
-FEDERATED = "recipes/fkd-fed-art-office.toml"
-NO_KD = ["model.fkd.factual=0", "model.fkd.counterfactual=0", "model.fkd.alignment=0"]
-TEACHER = ["model.fkd.students=false", "model.fkd.score_with=teacher", *NO_KD]
-STUDENT = ["model.fkd.teacher=false", *NO_KD]
-FACTUAL = ["model.fkd.counterfactual=0", "model.fkd.alignment=0"]
-COUNTER = ["model.fkd.alignment=0"]
-UNPROTECTED = ["model.protection.sigma=0", "model.protection.replace_p=0"]
+from fedllmrec.recipes import load_recipe
+
 DOMAINS = ("arts", "office")
 
 
@@ -60,29 +54,31 @@ class Row:
 
 
 HEADLINE = (0, 1, 2)
+# Every row is a recipe of its own (recipes/fkd-*-art-office.toml state what they change
+# from their base); the variants' deltas are recipe keys, not command-line overrides.
 ROWS: tuple[Row, ...] = (
     Row("popularity", "popularity", "recipes/popularity-art-office.toml"),
     Row("itemknn", "item-kNN (in-domain history)", "recipes/itemknn-art-office.toml"),
-    Row("sasrec-single", "single-domain SASRec (each domain alone)", CENTRAL, STUDENT),
-    Row(
-        "gru4rec-single",
-        "single-domain GRU4Rec (each domain alone)",
-        CENTRAL,
-        [*STUDENT, "model.architecture=gru4rec"],
-    ),
-    Row("teacher-central", "text-only teacher, centralized", CENTRAL, TEACHER),
-    Row("teacher-fed", "text-only teacher, federated", FEDERATED, TEACHER),
-    Row("student-fed", "federated ID student, no KD", FEDERATED, STUDENT, HEADLINE),
-    Row("factual-fed", "+ factual KD", FEDERATED, FACTUAL),
-    Row("counter-fed", "+ counterfactual KD", FEDERATED, COUNTER),
-    Row("fkd-fed", "+ alignment (full FKD)", FEDERATED, (), HEADLINE),
-    Row("fkd-fed-sigma0", "full FKD, sigma = 0 (no protection)", FEDERATED, UNPROTECTED),
+    Row("sasrec-single", "single-domain SASRec (each domain alone)",
+        "recipes/fkd-student-art-office.toml"),
+    Row("gru4rec-single", "single-domain GRU4Rec (each domain alone)",
+        "recipes/fkd-student-gru4rec-art-office.toml"),
+    Row("teacher-central", "text-only teacher, centralized",
+        "recipes/fkd-teacher-art-office.toml"),
+    Row("teacher-fed", "text-only teacher, federated", "recipes/fkd-teacher-fed-art-office.toml"),
+    Row("student-fed", "federated ID student, no KD", "recipes/fkd-student-fed-art-office.toml",
+        seeds=HEADLINE),
+    Row("factual-fed", "+ factual KD", "recipes/fkd-factual-fed-art-office.toml"),
+    Row("counter-fed", "+ counterfactual KD", "recipes/fkd-counter-fed-art-office.toml"),
+    Row("fkd-fed", "+ alignment (full FKD)", "recipes/fkd-fed-art-office.toml", seeds=HEADLINE),
+    Row("fkd-fed-sigma0", "full FKD, sigma = 0 (no protection)",
+        "recipes/fkd-unprotected-fed-art-office.toml"),
     Row(
         "upper-central",
         "centralized upper bound (both domains' raw data, mixed sequences, original text)",
         "recipes/sasrec-idtext-pop-art-office.toml",
     ),
-)
+)  # fmt: skip
 
 PRIORITY = ("popularity", "itemknn", "fkd-fed", "student-fed", "sasrec-single", "factual-fed",
             "counter-fed", "fkd-fed-sigma0", "teacher-fed", "upper-central")  # fmt: skip
@@ -144,7 +140,7 @@ def main() -> None:
 
 def _applicable(row: Row, extra: list[str]) -> list[str]:
     """The extra overrides a row's recipe takes (no [federated] keys for a central one)."""
-    federated = row.recipe == FEDERATED
+    federated = load_recipe(row.recipe).federated is not None
     return [s for s in extra if federated or not s.startswith("federated.")]
 
 

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from fedllmrec.audits.domain import domain_popularity, popularity_inference
+from fedllmrec.audits.views import projected_norms, replay_server_view, text_adaptors
 from fedllmrec.data.prepare import Prepared
 from fedllmrec.data.schema import RecDataset
 from fedllmrec.data.split import Split, leave_one_out
-from fedllmrec.federated.config import FederationConfig, LocalConfig
+from fedllmrec.federated.config import FederationConfig, LocalConfig, PrivacyConfig
 from fedllmrec.federated.ownership import Owner
 from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.federated.uploads import Part, Uploads
@@ -53,7 +55,7 @@ def small_fkd(vectors: np.ndarray, **fkd: object) -> FKDRecommender:
     return rec
 
 
-FULL = {"factual": 1.0, "counterfactual": 1.0, "alignment": 0.5}
+FULL = {"factual": 1.0, "counterfactual": 1.0, "alignment": 0.5, "item_bias": True}
 
 
 def some_windows(rec: FKDRecommender, n: int = 256) -> None:
@@ -191,6 +193,14 @@ def test_fkd_trains_and_scores_each_domain_with_its_student(
     arts_only = keys[ds.item_domain[keys % history.n_items] == 0]
     local = type(history)(arts_only // history.n_items, arts_only % history.n_items, ds.n_items)
     np.testing.assert_array_equal(rec.score(users, arts, local), scores)
+    # The student's per-item bias trained, and it adds to exactly its item's score.
+    bias = students.id_bias
+    assert bias is not None and bool((bias.detach()[0] != 0).any())
+    with torch.no_grad():
+        bias[0, students.local_index[arts[0, 3] + 1]] += 2.0
+    shifted = rec.score(users, arts, history)
+    np.testing.assert_allclose(shifted[:, 3] - scores[:, 3], 2.0, rtol=1e-5)
+    np.testing.assert_array_equal(np.delete(shifted, 3, 1), np.delete(scores, 3, 1))
 
 
 def test_popularity_draws_stay_in_the_targets_domain(art_office: RecDataset) -> None:
@@ -298,3 +308,101 @@ def test_the_1_plus_19_mode_ranks_the_first_19_saved_negatives(ml100k_prepared: 
     assert out["sampled-19/HR@1"] == direct["metrics"]["HR@1"]
     assert out["sampled-19/NDCG@5"] == direct["metrics"]["NDCG@5"]
     assert 0.05 < out["sampled-19/HR@1"] < 1.0  # popularity beats random (1 in 20)
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_the_domain_audit_sees_each_teacher_upload_unless_summed(
+    ao_split: Split, vectors: np.ndarray, secure: bool
+) -> None:
+    local = LocalConfig(steps=2, lr=1e-3, batch_size=32)
+    privacy = PrivacyConfig(secure_aggregation=secure)
+    config = FederationConfig(partition="domain", engine="loop", local=local, privacy=privacy)
+    fed = FederatedRecommender(small_fkd(vectors, **FULL), config).setup(ao_split)
+    adaptors = text_adaptors(fed)
+    (name,) = adaptors  # the teacher's: the students' alignment projection is private
+    assert name.startswith("model.teacher.items.")
+    view = replay_server_view(fed, 1, projections=adaptors)
+    key = f"{name} @ text"
+    report = domain_popularity(view, ao_split, [key], fed.clients)
+    assert len(report) == 2  # one entry per domain
+    for result in report.values():
+        assert ("upload" in result) is not secure  # a sum shows no client's own upload
+        assert np.isfinite(result["aggregate"]["value"])
+    scores = view.first_norms[key]  # (2, n_items + 1)
+    if secure:  # every participant is shown the aggregate
+        np.testing.assert_array_equal(scores[0], scores[1])
+    else:
+        assert not np.array_equal(scores[0], scores[1])
+
+
+def test_an_adaptor_delta_points_at_the_items_it_trained_on() -> None:
+    rng = np.random.default_rng(0)
+    text = torch.from_numpy(rng.standard_normal((20, 64)).astype(np.float32))
+    delta = torch.zeros(1, 4, 64)
+    for item, weight in ((7, 1.5), (12, 1.0)):  # two outer products, as in a gradient
+        delta[0] += weight * torch.from_numpy(rng.standard_normal(4)).float()[:, None] * text[item]
+    scores = projected_norms(delta, text, ridge=1e-6)[0].numpy()
+    assert set(np.argsort(scores)[-2:].tolist()) == {7, 12}
+
+
+def test_a_students_item_prior_reads_its_own_domains_counts_only(
+    ao_split: Split, vectors: np.ndarray
+) -> None:
+    rec = small_fkd(vectors, item_bias=True).setup(ao_split)
+    students = rec.net.students
+    assert students is not None and students.id_bias is not None
+    ds = ao_split.dataset
+    arts, office = (np.flatnonzero(ds.item_domain == d) for d in (0, 1))
+    # Initialised from the training targets: a popular arts item starts above a cold one.
+    targets = rec.training_tensors()["seq"][:, 1:].reshape(-1).numpy()
+    counts = np.bincount(targets[targets > 0] - 1, minlength=ds.n_items)
+    top, cold = arts[np.argmax(counts[arts])], arts[counts[arts] == 0][0]
+    bias = students.bias(torch.tensor([top + 1, cold + 1]), 0)
+    assert bias is not None and bias[0] > bias[1] + 1.0
+    before = students.id_bias.detach().clone()
+    changed = counts.copy()
+    changed[office] += 100  # another domain's counts
+    students.init_bias(changed, ds.item_domain)
+    after = students.id_bias.detach()
+    torch.testing.assert_close(after[0], before[0])
+    assert not torch.equal(after[1], before[1])
+
+
+def test_popularity_inference_scores_a_ranking_against_the_counts() -> None:
+    rng = np.random.default_rng(0)
+    counts = rng.poisson(3.0, 400)
+    items = np.arange(100, 400)  # the domain's items
+    exact = np.concatenate([[0.0], counts.astype(float)])  # row 0: padding
+    result = popularity_inference(exact, counts, items)
+    assert result["value"] == pytest.approx(1.0) and result["auc"] == pytest.approx(1.0)
+    noise = popularity_inference(rng.random(401), counts, items)
+    assert abs(noise["value"]) < 0.15 and abs(noise["auc"] - 0.5) < 0.15
+
+
+def test_kd_adds_the_students_prior_to_the_teacher_and_the_teacher_never_reads_it(
+    ao_split: Split, vectors: np.ndarray
+) -> None:
+    def losses(rec: FKDRecommender) -> tuple[float, dict[str, torch.Tensor]]:
+        rec.seed_client((0, 1, 0, 0))  # the same negatives and swaps every call
+        batch = {k: v[:64] for k, v in rec.training_tensors().items()}
+        out = rec.batch_loss(batch)
+        rec.net.zero_grad()
+        (out.task + out.aux).backward()
+        teacher = rec.net.teacher
+        assert teacher is not None
+        grads = {n: p.grad.clone() for n, p in teacher.named_parameters() if p.grad is not None}
+        return float(out.aux), grads
+
+    plain = small_fkd(vectors, **FULL).setup(ao_split)
+    with_prior = small_fkd(vectors, **FULL, prior_in_kd=True).setup(ao_split)
+    aux_plain, _ = losses(plain)
+    aux_prior, grads = losses(with_prior)
+    assert aux_prior != pytest.approx(aux_plain)  # the KD targets carry the prior
+    students = with_prior.net.students
+    assert students is not None and students.id_bias is not None
+    with torch.no_grad():
+        students.id_bias.mul_(3.0)  # another private prior
+    _, changed = losses(with_prior)
+    assert grads.keys() == changed.keys() and grads
+    for name, grad in grads.items():  # what the teacher uploads does not see the prior
+        torch.testing.assert_close(changed[name], grad, msg=name)

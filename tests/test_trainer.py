@@ -412,6 +412,26 @@ def test_unknown_key_in_file_names_file_and_key(tmp_path: Path) -> None:
         load_recipe(tmp_path / "missing.toml")
 
 
+def test_a_recipe_merges_its_base_table_by_table(tmp_path: Path) -> None:
+    (tmp_path / "base.toml").write_text(
+        '[data]\nname = "ml-100k"\n[model]\nkind = "sequential"\ndim = 32\n'
+        "[model.train]\nlr = 0.01\nbatch_size = 64\n[trainer]\nmax_epochs = 5\n"
+    )
+    (tmp_path / "child.toml").write_text(
+        'base = "base.toml"\ndescription = "child"\n[model.train]\nlr = 0.002\n'
+    )
+    recipe = load_recipe(tmp_path / "child.toml", ["trainer.max_epochs=7"])
+    train = recipe.model_options["train"]
+    assert (train["lr"], train["batch_size"], recipe.model_options["dim"]) == (0.002, 64, 32)
+    assert (recipe.description, recipe.trainer.max_epochs, recipe.name) == ("child", 7, "child")
+    (tmp_path / "base.toml").write_text('base = "child.toml"\n[data]\nname = "ml-100k"\n')
+    with pytest.raises(RecipeError, match=r"base\.toml: key 'base': 'child\.toml' is already"):
+        load_recipe(tmp_path / "child.toml")
+    (tmp_path / "child.toml").write_text('base = "nowhere.toml"\n')
+    with pytest.raises(RecipeError, match=r"nowhere\.toml: recipe file not found"):
+        load_recipe(tmp_path / "child.toml")
+
+
 @pytest.mark.parametrize(("name", "model_type"), [("popularity", Popularity), ("itemknn", ItemKNN)])
 def test_fit_once_models(
     name: str, model_type: type, ml100k_prepared: Prepared, ml100k_root: Path, tmp_path: Path

@@ -24,8 +24,9 @@ from fedllmrec.audits.attacks import (
     itemset_reconstruction,
     multi_hot,
 )
+from fedllmrec.audits.domain import domain_popularity
 from fedllmrec.audits.membership import membership_inference
-from fedllmrec.audits.views import ServerView, item_tables, replay_server_view
+from fedllmrec.audits.views import ServerView, item_tables, replay_server_view, text_adaptors
 from fedllmrec.data.prepare import Prepared
 from fedllmrec.data.split import TRAIN, Split
 from fedllmrec.errors import FedLLMRecError
@@ -166,7 +167,8 @@ def audit_run(
     users = fed.clients[positions]
     torch.manual_seed(seed)  # dropout draws of the replayed local training
 
-    view = replay_server_view(fed, rounds, positions)
+    adaptors = text_adaptors(fed)
+    view = replay_server_view(fed, rounds, positions, adaptors)
     seconds["replay"] = time.perf_counter() - start
     report: dict[str, Any] = {
         "run": str(run_dir),
@@ -179,8 +181,22 @@ def audit_run(
         "privacy": fed.privacy_info(),
     }
 
-    histories = training_items(split, users)
     tables = item_tables(fed)
+    if fed.federation.partition == "domain":
+        # A client is a whole domain (its catalogue is public): no user-level target, but
+        # how often each of its items was bought is the domain's own data.
+        keys = [*tables, *(f"{name} @ text" for name in adaptors)]
+        report["domain_popularity"] = (
+            domain_popularity(view, split, keys, users)
+            if keys
+            else {"skipped": "no shared item table or text adaptor"}
+        )
+        for attack in ("itemset", "attributes", "membership"):
+            report[attack] = {"skipped": "domain clients: no per-user upload"}
+        report["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+        atomic_write_json(run_dir / AUDIT, report)
+        return report
+    histories = training_items(split, users)
     # The server sees a client only in the rounds it took part in (Poisson sampling takes
     # a share q of them): its attacks are scored on the clients it saw.
     seen: dict[str, np.ndarray] = {
@@ -272,11 +288,25 @@ def audit_table(report: dict[str, Any], title: str = "audit") -> Table:
             row("item set", label, result)
             auc = {**result, "metric": "ranking AUC", "value": result["auc"]}
             row("item set", label, auc | {"baseline": result["baseline_auc"]})
+    popularity = report.get("domain_popularity", {})
+    if "skipped" in popularity:
+        row("domain item popularity", "", popularity)
+    for label, by_view in popularity.items():
+        if isinstance(by_view, dict):
+            for view, result in by_view.items():
+                what = f"{label}: {'own upload' if view == 'upload' else 'aggregate'}, round 1"
+                row("domain item popularity", what, result)
+                auc = {**result, "metric": "top-decile AUC", "value": result["auc"]}
+                row("domain item popularity", what, auc | {"baseline": result["baseline_auc"]})
     for feature, result in report.get("code_recovery", {}).items():
         row(f"code of {feature}", "feature-table delta, round 1", result)
-    for target, by_view in report.get("attributes", {}).items():
-        for view, result in by_view.items():
-            row(target, view, result)
+    attributes = report.get("attributes", {})
+    if "skipped" in attributes:
+        row("attributes", "", attributes)
+    for target, by_view in attributes.items():
+        if isinstance(by_view, dict):
+            for view, result in by_view.items():
+                row(target, view, result)
     if "membership" in report:
         membership = report["membership"]
         row("membership (IMIA)", f"round {membership.get('round', '-')}", membership)

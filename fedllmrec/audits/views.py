@@ -9,7 +9,10 @@ of what arrived, never the uploads themselves:
 * per shared tensor, the L2 norm of each row of the client's delta (the item table
   gives an (n_items + 1,) vector per client; a 1-D tensor its absolute values);
 * its header: the routing one-hot per layer and ``log1p`` of the example count of a
-  plain upload, or the bounded header vector of a DP-protected one.
+  plain upload, or the bounded header vector of a DP-protected one;
+* per text adaptor (a shared weight that multiplies frozen item text vectors, given as
+  ``projections``), the norm of its delta applied to each item's text vector, under
+  ``"<name> @ text"``: an (n_items + 1,) vector per client, like an item table's.
 
 A part that is a sum (:class:`~fedllmrec.federated.uploads.UploadSum` under secure
 aggregation, a DP :class:`~fedllmrec.federated.uploads.ProtectedSum`) tells the server
@@ -32,6 +35,22 @@ import torch
 from fedllmrec.federated.engines import Engine
 from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.federated.uploads import Part, ProtectedSum, ProtectedUploads, Uploads, UploadSum
+from fedllmrec.models.items import ItemEmbedding
+
+
+def projected_norms(delta: torch.Tensor, text: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """(C, D, text_dim) adaptor deltas, (rows, text_dim) text -> (C, rows) per-item scores.
+
+    An adaptor's gradient is ``G V^T``: per-item gradient sums ``G`` (D, rows) times the
+    known text vectors ``V`` (rows, text_dim). The least-squares estimate of an item's
+    column is ``delta (V^T V + ridge I)^{-1} v`` (item text vectors are correlated, so
+    whitening separates them); its norm is the item's score.
+    """
+    text = text.double()
+    gram = text.T @ text
+    gram = gram + ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
+    solved = torch.linalg.solve(gram, text.T)  # (text_dim, rows)
+    return torch.linalg.vector_norm(delta.double() @ solved, dim=1).float()
 
 
 def row_norms(delta: torch.Tensor) -> torch.Tensor:
@@ -88,8 +107,14 @@ class ServerView:
 class _Observer:
     """Reduces one round's parts to per-client features as they arrive (see the module)."""
 
-    def __init__(self, view: ServerView, n_clients: int, routing_shape: tuple[int, int]) -> None:
-        self.view, self.routing_shape = view, routing_shape
+    def __init__(
+        self,
+        view: ServerView,
+        n_clients: int,
+        routing_shape: tuple[int, int],
+        projections: Mapping[str, torch.Tensor],
+    ) -> None:
+        self.view, self.routing_shape, self.projections = view, routing_shape, projections
         # population position -> row of the view (-1: not attacked, not kept)
         self.row = np.full(n_clients, -1, dtype=np.int64)
         self.row[view.positions] = np.arange(view.positions.shape[0])
@@ -116,6 +141,9 @@ class _Observer:
             self._add_sum(name, delta.detach().sum(0))
             if rows.size:
                 self._put(self.norms, name, rows, row_norms(delta.detach()[kept]).numpy())
+                if name in self.projections:
+                    scores = projected_norms(delta.detach()[kept], self.projections[name])
+                    self._put(self.norms, f"{name} @ text", rows, scores.numpy())
         if rows.size:
             for kind, values in _header(part, self.routing_shape).items():
                 self._put(self.header, kind, rows, values[kept.numpy()])
@@ -133,6 +161,10 @@ class _Observer:
     def finish(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
         """The round's norms and headers per kept client, and which kept clients took part."""
         aggregate = {name: row_norms(value[None])[0].numpy() for name, value in self.summed.items()}
+        for name, text in self.projections.items():
+            if name in self.summed:
+                summed = self.summed[name][None]
+                aggregate[f"{name} @ text"] = projected_norms(summed, text)[0].numpy()
         present = self.present
         if self.sum_positions:
             # A sum hides every client's own upload: its participants all see the aggregate.
@@ -160,7 +192,10 @@ def _header(
 
 
 def replay_server_view(
-    fed: FederatedRecommender, rounds: int, positions: np.ndarray | None = None
+    fed: FederatedRecommender,
+    rounds: int,
+    positions: np.ndarray | None = None,
+    projections: Mapping[str, torch.Tensor] | None = None,
 ) -> ServerView:
     """Replay rounds 1..``rounds`` of a fresh ``fed`` and keep what its server saw.
 
@@ -174,6 +209,10 @@ def replay_server_view(
     positions : np.ndarray, optional
         Population positions of the clients whose features are kept (default all);
         every client still trains, so the aggregates are the federation's own.
+    projections : mapping, optional
+        Text adaptors (:func:`text_adaptors`): shared weight name -> the frozen text
+        matrix (n_items + 1, text_dim) it multiplies; their deltas are also kept as
+        per-item scores (``"<name> @ text"``).
 
     Returns
     -------
@@ -188,7 +227,8 @@ def replay_server_view(
     engine = fed.client_engine()
     routing_shape = tuple(fed.server.load.shape)
     for r in range(rounds):
-        observer = _Observer(view, n_clients, (int(routing_shape[0]), int(routing_shape[1])))
+        shape = (int(routing_shape[0]), int(routing_shape[1]))
+        observer = _Observer(view, n_clients, shape, projections or {})
         _replay_round(fed, engine, observer)
         norms, header, present = observer.finish()
         view.present[:, r] = present
@@ -222,6 +262,18 @@ def _replay_round(fed: FederatedRecommender, engine: Engine, observer: _Observer
 def _accumulate(total: dict[str, np.ndarray], part: Mapping[str, np.ndarray]) -> None:
     for key, value in part.items():
         total[key] = total[key] + value if key in total else value.copy()
+
+
+def text_adaptors(fed: FederatedRecommender) -> dict[str, torch.Tensor]:
+    """Shared text-adaptor weights: name -> the frozen text matrix (n_items + 1, text_dim)
+    each multiplies (an :class:`~fedllmrec.models.items.ItemEmbedding` with a text part)."""
+    shared = fed.shared_tensors()
+    out: dict[str, torch.Tensor] = {}
+    for prefix, module in fed.net.named_modules():
+        weight = module.text_weight if isinstance(module, ItemEmbedding) else None
+        if weight is not None and f"{prefix}.{weight[0]}" in shared:
+            out[f"{prefix}.{weight[0]}"] = weight[1].detach()
+    return out
 
 
 def item_tables(fed: FederatedRecommender) -> list[str]:

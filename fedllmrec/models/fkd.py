@@ -72,6 +72,19 @@ class FKDConfig:
         Share of a sequence's items swapped for their other-domain counterpart.
     score_with : {"student", "teacher"}
         Which model ranks at evaluation.
+    item_bias : bool
+        Give each student a learned per-item score bias (private, at its ID table's
+        local ids), initialised to the log of the item's count among its domain's
+        training targets plus ``bias_pseudocount``: the item prior (as a classifier's
+        output bias starts at the log class frequency), so the vectors learn what
+        differs from popularity. Its domain's own counts only.
+    bias_pseudocount : float
+        Added to every count before the log (> 0): smaller pushes never-trained items
+        further down.
+    prior_in_kd : bool
+        With ``item_bias``: distil from the teacher's logits plus the student's own
+        (detached) item prior. The text-only teacher knows no domain's popularity; KD
+        then transfers its preferences without pulling the student's prior away.
     """
 
     teacher: bool = True
@@ -82,6 +95,9 @@ class FKDConfig:
     temperature: float = 2.0
     swap_fraction: float = 0.3
     score_with: Literal["student", "teacher"] = "student"
+    item_bias: bool = False
+    bias_pseudocount: float = 1.0
+    prior_in_kd: bool = False
 
     def __post_init__(self) -> None:
         check = partial(check_option, "FKDConfig")
@@ -96,6 +112,7 @@ class FKDConfig:
         check("temperature", self.temperature > 0.0, "> 0", self.temperature)
         check("swap_fraction", 0.0 <= self.swap_fraction <= 1.0, "in [0, 1]",
               self.swap_fraction)  # fmt: skip
+        check("bias_pseudocount", self.bias_pseudocount > 0.0, "> 0", self.bias_pseudocount)
         check("score_with", self.score_with in ("student", "teacher"),
               "'student' or 'teacher'", self.score_with)  # fmt: skip
 
@@ -124,6 +141,7 @@ class StudentStack(nn.Module):
         shared: torch.Tensor | None,
         counterpart: torch.Tensor | None,
         architecture: Literal["sasrec", "gru4rec"] = "sasrec",
+        item_bias: bool = False,
     ) -> None:
         super().__init__()
         n_domains = int(item_domain.max(initial=0)) + 1
@@ -158,6 +176,10 @@ class StudentStack(nn.Module):
             "encoder.*": Owner.PRIVATE,
             "id_emb": Owner.PRIVATE,
         }
+        self.id_bias: nn.Parameter | None = None
+        if item_bias:
+            self.id_bias = nn.Parameter(torch.zeros(n_domains, width))  # (S, L + 1)
+            owners["id_bias"] = Owner.PRIVATE
         if shared is not None:
             text_dim = shared.shape[1]
             self.register_buffer("shared", torch.cat([shared.new_zeros(1, text_dim), shared]))
@@ -187,6 +209,26 @@ class StudentStack(nn.Module):
         """ID vectors (..., D) of own-domain items (shifted ids) in student ``slot``."""
         return self.id_emb[slot][self.local_index[items]]
 
+    def bias(self, items: torch.Tensor, slot: int) -> torch.Tensor | None:
+        """Score biases (...) of own-domain ``items`` in student ``slot`` (None: no bias)."""
+        if self.id_bias is None:
+            return None
+        return self.id_bias[slot][self.local_index[items]]
+
+    @torch.no_grad()
+    def init_bias(
+        self, counts: np.ndarray, item_domain: np.ndarray, pseudocount: float = 1.0
+    ) -> None:
+        """Set every slot's bias to ``log(pseudocount + counts)`` of its domain's items
+        (n_items,), centred per domain; a slot reads only its own domain's counts."""
+        if self.id_bias is None:
+            return
+        for d in range(self.n_slots):
+            ids = np.flatnonzero(item_domain == d)
+            prior = np.log(counts[ids].astype(np.float64) + pseudocount)
+            local = self.local_index[torch.from_numpy(ids + 1)]
+            self.id_bias[d, local] = torch.from_numpy(prior - prior.mean()).float()
+
     def projected(self, items: torch.Tensor, slot: int) -> torch.Tensor:
         """Shared vectors of ``items`` projected into student ``slot``'s space (..., D)."""
         return self.shared[items] @ self.align_weight[slot] + self.align_bias[slot]
@@ -197,9 +239,10 @@ class StudentStack(nn.Module):
         out: torch.Tensor = functional_call(self._template[0], params, (seq, None, vectors))
         return out
 
-    def table(self, slot: int) -> torch.Tensor:
-        """Student ``slot``'s ID vectors at local ids (L + 1, D)."""
-        return self.id_emb[slot]
+    def scores(self, states: torch.Tensor, slot: int) -> torch.Tensor:
+        """Student ``slot``'s scores (R, L + 1) of every local id for ``states`` (R, D)."""
+        out = states @ self.id_emb[slot].T
+        return out if self.id_bias is None else out + self.id_bias[slot]
 
 
 def _key(name: str) -> str:
@@ -308,6 +351,7 @@ class FKDRecommender(SequentialRecommender):
                 shared if self.fkd.uses_shared else None,
                 counterpart,
                 architecture="gru4rec" if self.architecture == "gru4rec" else "sasrec",
+                item_bias=self.fkd.item_bias,
             )
         return FKDNet(teacher, students)
 
@@ -317,6 +361,11 @@ class FKDRecommender(SequentialRecommender):
         self._data = torch.from_numpy(left_pad(chunks, self.max_len + 1))
         self._users = torch.from_numpy(users)
         self._proposal = self._make_proposal()
+        students = self.net.students
+        if students is not None:  # the item priors, from the training targets
+            targets = self._data[:, 1:].reshape(-1).numpy()
+            counts = np.bincount(targets[targets != PAD] - 1, minlength=split.dataset.n_items)
+            students.init_bias(counts, split.dataset.item_domain, self.fkd.bias_pseudocount)
 
     # ------------------------------------------------------------------ training
 
@@ -387,9 +436,17 @@ class FKDRecommender(SequentialRecommender):
         hit = negatives[None] == tgt[:, None]  # (N, M) accidental hits, excluded
         out: dict[str, torch.Tensor] = {}
 
-        def logits(states: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        def logits(
+            states: torch.Tensor,
+            pos: torch.Tensor,
+            neg: torch.Tensor,
+            bias: tuple[torch.Tensor, torch.Tensor] | None = None,
+        ) -> torch.Tensor:
             positive = (states * pos).sum(-1, keepdim=True) - log_q_pos  # (N, 1)
-            negative = (states @ neg.T - log_q_neg).masked_fill(hit, MASKED)  # (N, M)
+            negative = states @ neg.T - log_q_neg  # (N, M)
+            if bias is not None:  # the student's per-item priors
+                positive, negative = positive + bias[0][:, None], negative + bias[1][None]
+            negative = negative.masked_fill(hit, MASKED)
             return torch.cat([positive, negative], dim=1)  # (N, 1 + M), target at 0
 
         zero = torch.zeros(tgt.shape[0], dtype=torch.long)
@@ -405,10 +462,17 @@ class FKDRecommender(SequentialRecommender):
         vectors = students.items(inputs, slot)  # (B, T, D)
         s_states = students.states(inputs, vectors, slot)[mask]
         s_pos, s_neg = students.items(tgt, slot), students.items(negatives, slot)
-        student_logits = logits(s_states, s_pos, s_neg)
+        b_pos, b_neg = students.bias(tgt, slot), students.bias(negatives, slot)
+        s_bias = None if b_pos is None or b_neg is None else (b_pos, b_neg)
+        student_logits = logits(s_states, s_pos, s_neg, s_bias)
         out["student"] = F.cross_entropy(student_logits, zero, reduction="sum")
+        prior = None  # the student's prior on the candidates (N, 1 + M), for the teacher
+        if cfg.prior_in_kd and s_bias is not None:
+            b_pos, b_neg = s_bias[0].detach(), s_bias[1].detach()
+            prior = torch.cat([b_pos[:, None], b_neg[None].expand(b_pos.shape[0], -1)], dim=1)
         if cfg.factual > 0 and teacher_logits is not None:
-            out["fact"] = distillation(teacher_logits.detach(), student_logits, cfg.temperature)
+            target = teacher_logits.detach() if prior is None else teacher_logits.detach() + prior
+            out["fact"] = distillation(target, student_logits, cfg.temperature)
         if cfg.counterfactual > 0 and net.teacher is not None:
             swapped = self.swap(inputs)  # (B, T)
             foreign = swapped != inputs
@@ -419,7 +483,9 @@ class FKDRecommender(SequentialRecommender):
             with torch.no_grad():
                 t_cf = net.teacher(swapped)[mask]
                 t_cf_logits = logits(t_cf, net.teacher.items(tgt), net.teacher.items(negatives))
-            cf_logits = logits(cf_states, s_pos, s_neg)
+                if prior is not None:
+                    t_cf_logits = t_cf_logits + prior
+            cf_logits = logits(cf_states, s_pos, s_neg, s_bias)
             out["counter"] = distillation(t_cf_logits, cf_logits, cfg.temperature)
         if cfg.alignment > 0:
             seen = torch.cat([inputs[inputs != PAD], tgt])
@@ -466,7 +532,7 @@ class FKDRecommender(SequentialRecommender):
             assert students is not None
             slot = d if students.n_slots > 1 else 0
             state = students.states(seq, students.items(seq, slot), slot)[:, -1]
-            scores = state @ students.table(slot).T  # (R, L + 1) at local ids
+            scores = students.scores(state, slot)  # (R, L + 1) at local ids
             local = students.local_index[shifted]
             out[rows] = torch.take_along_dim(scores, local, dim=1).numpy()
         return out

@@ -130,6 +130,15 @@ class ItemEmbedding(nn.Module):
             owners["feature_proj.*"] = Owner.GLOBAL
         return owners
 
+    @property
+    def text_weight(self) -> tuple[str, torch.Tensor] | None:
+        """The text adaptor's weight name (relative to this module) and the frozen text
+        matrix (n_items + 1, text_dim) it multiplies, or None without a text part: what an
+        audit projects the adaptor's uploaded delta onto."""
+        if self.text_proj is None:
+            return None
+        return "text_proj.1.weight", self.text
+
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         out = self.id_emb(items) if self.id_emb is not None else None  # (..., D)
         if self.text_proj is not None:

@@ -22,6 +22,10 @@
 Every key is checked against the dataclass (or signature) it feeds, so a typo
 fails at load time with the file and the dotted key, not after an hour of
 training. ``key=value`` overrides (``model.dim=32``) are applied before the check.
+
+A recipe may name another as its ``base = "other.toml"`` (top level, relative to its
+file): the base is read first and the recipe's tables are merged over it key by key,
+so a variant states only what it changes.
 """
 
 from __future__ import annotations
@@ -248,12 +252,7 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
     """
     path = Path(path)
     overrides = list(overrides)
-    if not path.is_file():
-        raise RecipeError(path, "recipe file not found")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise RecipeError(path, f"not valid TOML: {err}") from err
+    raw = _read_raw(path, ())
     overridden: list[str] = []
     try:
         for text in overrides:
@@ -289,6 +288,37 @@ def run_recipe(
 
 
 # ---------------------------------------------------------------- parsing
+
+
+def _read_raw(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """A recipe file's tables; a top-level ``base = "other.toml"`` (relative to the file)
+    is read first and this file's keys are merged over it, table by table."""
+    if not path.is_file():
+        raise RecipeError(path, "recipe file not found")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise RecipeError(path, f"not valid TOML: {err}") from err
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise RecipeError(path, f"must be a recipe file name, got {base!r}", key="base")
+    base_path = (path.parent / base).resolve()
+    if base_path in (*chain, path.resolve()):
+        raise RecipeError(path, f"{base!r} is already in its own base chain", key="base")
+    return _merged(_read_raw(base_path, (*chain, path.resolve())), raw)
+
+
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: tables merge key by key, any other value replaces."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 class _Bad(FedLLMRecError):
