@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from fedllmrec.audits.domain import domain_popularity, popularity_inference
-from fedllmrec.audits.views import projected_norms, replay_server_view, text_adaptors
+from fedllmrec.audits.views import (
+    item_projector,
+    projected_norms,
+    replay_server_view,
+    text_adaptors,
+)
 from fedllmrec.data.prepare import Prepared
 from fedllmrec.data.schema import RecDataset
 from fedllmrec.data.split import Split, leave_one_out
@@ -341,7 +346,7 @@ def test_an_adaptor_delta_points_at_the_items_it_trained_on() -> None:
     delta = torch.zeros(1, 4, 64)
     for item, weight in ((7, 1.5), (12, 1.0)):  # two outer products, as in a gradient
         delta[0] += weight * torch.from_numpy(rng.standard_normal(4)).float()[:, None] * text[item]
-    scores = projected_norms(delta, text, ridge=1e-6)[0].numpy()
+    scores = projected_norms(delta, item_projector(text, ridge=1e-6))[0].numpy()
     assert set(np.argsort(scores)[-2:].tolist()) == {7, 12}
 
 

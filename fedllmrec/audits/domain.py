@@ -6,8 +6,9 @@ is bought is the domain's business data. Its teacher upload carries the adaptor
 that maps frozen item text to the model's space (an ID model's upload, its item
 table, whose row norms rank the same way); the adaptor's gradient is a sum of
 outer products with the text vectors of the items it trained on, weighted by how
-often, so ``|delta v_i|`` (:func:`~fedllmrec.audits.views.projected_norms`) ranks a
-domain's items by how much they were trained on.
+often, so the norm of each item's least-squares gradient column
+(:func:`~fedllmrec.audits.views.projected_norms`) ranks a domain's items by how much
+they were trained on.
 
 :func:`popularity_inference` scores that ranking against the domain's own training
 counts: Spearman's rho over the domain's items (random: 0) and the AUC of its

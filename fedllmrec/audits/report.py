@@ -193,9 +193,7 @@ def audit_run(
         )
         for attack in ("itemset", "attributes", "membership"):
             report[attack] = {"skipped": "domain clients: no per-user upload"}
-        report["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
-        atomic_write_json(run_dir / AUDIT, report)
-        return report
+        return _written(report, seconds, run_dir)
     histories = training_items(split, users)
     # The server sees a client only in the rounds it took part in (Poisson sampling takes
     # a share q of them): its attacks are scored on the clients it saw.
@@ -262,6 +260,11 @@ def audit_run(
     else:
         report["membership"] = {"skipped": "no shared table with one row per item"}
     seconds["membership"] = time.perf_counter() - start - sum(seconds.values())
+    return _written(report, seconds, run_dir)
+
+
+def _written(report: dict[str, Any], seconds: dict[str, float], run_dir: Path) -> dict[str, Any]:
+    """The report with its stage timings, written to ``run_dir/audit.json``."""
     report["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     atomic_write_json(run_dir / AUDIT, report)
     return report
@@ -280,14 +283,17 @@ def audit_table(report: dict[str, Any], title: str = "audit") -> Table:
         base = f"{result['baseline']:.3f} ({result['baseline_kind']})"
         table.add_row(attack, view, result["metric"], f"{result['value']:.3f}", base)
 
+    def row_and_auc(attack: str, view: str, result: dict[str, Any], auc_metric: str) -> None:
+        row(attack, view, result)
+        auc = {**result, "metric": auc_metric, "value": result["auc"]}
+        row(attack, view, auc | {"baseline": result["baseline_auc"]})
+
     itemset = report.get("itemset", {})
     if "skipped" in itemset:
         row("item set", "", itemset)
     for label, result in itemset.items():
         if isinstance(result, dict):
-            row("item set", label, result)
-            auc = {**result, "metric": "ranking AUC", "value": result["auc"]}
-            row("item set", label, auc | {"baseline": result["baseline_auc"]})
+            row_and_auc("item set", label, result, "ranking AUC")
     popularity = report.get("domain_popularity", {})
     if "skipped" in popularity:
         row("domain item popularity", "", popularity)
@@ -295,9 +301,7 @@ def audit_table(report: dict[str, Any], title: str = "audit") -> Table:
         if isinstance(by_view, dict):
             for view, result in by_view.items():
                 what = f"{label}: {'own upload' if view == 'upload' else 'aggregate'}, round 1"
-                row("domain item popularity", what, result)
-                auc = {**result, "metric": "top-decile AUC", "value": result["auc"]}
-                row("domain item popularity", what, auc | {"baseline": result["baseline_auc"]})
+                row_and_auc("domain item popularity", what, result, "top-decile AUC")
     for feature, result in report.get("code_recovery", {}).items():
         row(f"code of {feature}", "feature-table delta, round 1", result)
     attributes = report.get("attributes", {})

@@ -11,8 +11,9 @@ of what arrived, never the uploads themselves:
 * its header: the routing one-hot per layer and ``log1p`` of the example count of a
   plain upload, or the bounded header vector of a DP-protected one;
 * per text adaptor (a shared weight that multiplies frozen item text vectors, given as
-  ``projections``), the norm of its delta applied to each item's text vector, under
-  ``"<name> @ text"``: an (n_items + 1,) vector per client, like an item table's.
+  ``projections``), the norm of each item's gradient column estimated from its delta
+  (:func:`projected_norms`), under ``"<name> @ text"``: an (n_items + 1,) vector per
+  client, like an item table's.
 
 A part that is a sum (:class:`~fedllmrec.federated.uploads.UploadSum` under secure
 aggregation, a DP :class:`~fedllmrec.federated.uploads.ProtectedSum`) tells the server
@@ -38,19 +39,24 @@ from fedllmrec.federated.uploads import Part, ProtectedSum, ProtectedUploads, Up
 from fedllmrec.models.items import ItemEmbedding
 
 
-def projected_norms(delta: torch.Tensor, text: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
-    """(C, D, text_dim) adaptor deltas, (rows, text_dim) text -> (C, rows) per-item scores.
+def item_projector(text: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """(rows, text_dim) text -> (text_dim, rows) ``(V^T V + ridge I)^{-1} V^T``, float64.
 
     An adaptor's gradient is ``G V^T``: per-item gradient sums ``G`` (D, rows) times the
-    known text vectors ``V`` (rows, text_dim). The least-squares estimate of an item's
-    column is ``delta (V^T V + ridge I)^{-1} v`` (item text vectors are correlated, so
-    whitening separates them); its norm is the item's score.
+    known text vectors ``V``. ``delta @ projector`` is the least-squares estimate of
+    ``G`` (item text vectors are correlated, so whitening separates them). It depends on
+    the text only: computed once per adaptor, applied to every upload.
     """
     text = text.double()
     gram = text.T @ text
     gram = gram + ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
-    solved = torch.linalg.solve(gram, text.T)  # (text_dim, rows)
-    return torch.linalg.vector_norm(delta.double() @ solved, dim=1).float()
+    return torch.linalg.solve(gram, text.T)
+
+
+def projected_norms(delta: torch.Tensor, projector: torch.Tensor) -> torch.Tensor:
+    """(C, D, text_dim) adaptor deltas -> (C, rows) per-item scores: the norm of each
+    item's estimated gradient column (``projector`` from :func:`item_projector`)."""
+    return torch.linalg.vector_norm(delta.double() @ projector, dim=1).float()
 
 
 def row_norms(delta: torch.Tensor) -> torch.Tensor:
@@ -112,9 +118,9 @@ class _Observer:
         view: ServerView,
         n_clients: int,
         routing_shape: tuple[int, int],
-        projections: Mapping[str, torch.Tensor],
+        projectors: Mapping[str, torch.Tensor],
     ) -> None:
-        self.view, self.routing_shape, self.projections = view, routing_shape, projections
+        self.view, self.routing_shape, self.projectors = view, routing_shape, projectors
         # population position -> row of the view (-1: not attacked, not kept)
         self.row = np.full(n_clients, -1, dtype=np.int64)
         self.row[view.positions] = np.arange(view.positions.shape[0])
@@ -141,8 +147,8 @@ class _Observer:
             self._add_sum(name, delta.detach().sum(0))
             if rows.size:
                 self._put(self.norms, name, rows, row_norms(delta.detach()[kept]).numpy())
-                if name in self.projections:
-                    scores = projected_norms(delta.detach()[kept], self.projections[name])
+                if name in self.projectors:
+                    scores = projected_norms(delta.detach()[kept], self.projectors[name])
                     self._put(self.norms, f"{name} @ text", rows, scores.numpy())
         if rows.size:
             for kind, values in _header(part, self.routing_shape).items():
@@ -161,10 +167,10 @@ class _Observer:
     def finish(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
         """The round's norms and headers per kept client, and which kept clients took part."""
         aggregate = {name: row_norms(value[None])[0].numpy() for name, value in self.summed.items()}
-        for name, text in self.projections.items():
+        for name, projector in self.projectors.items():
             if name in self.summed:
                 summed = self.summed[name][None]
-                aggregate[f"{name} @ text"] = projected_norms(summed, text)[0].numpy()
+                aggregate[f"{name} @ text"] = projected_norms(summed, projector)[0].numpy()
         present = self.present
         if self.sum_positions:
             # A sum hides every client's own upload: its participants all see the aggregate.
@@ -226,9 +232,10 @@ def replay_server_view(
     view = ServerView(keep, rounds, present=np.zeros((keep.shape[0], rounds), bool))
     engine = fed.client_engine()
     routing_shape = tuple(fed.server.load.shape)
+    projectors = {name: item_projector(text) for name, text in (projections or {}).items()}
     for r in range(rounds):
         shape = (int(routing_shape[0]), int(routing_shape[1]))
-        observer = _Observer(view, n_clients, shape, projections or {})
+        observer = _Observer(view, n_clients, shape, projectors)
         _replay_round(fed, engine, observer)
         norms, header, present = observer.finish()
         view.present[:, r] = present

@@ -74,8 +74,9 @@ class FKDConfig:
         Which model ranks at evaluation.
     item_bias : bool
         Give each student a learned per-item score bias (private, at its ID table's
-        local ids), initialised to the log of the item's count among its domain's
-        training targets plus ``bias_pseudocount``: the item prior (as a classifier's
+        local ids), initialised to the log of the item's count in its domain's training
+        windows (every position but column 0, the first item of a full window) plus
+        ``bias_pseudocount``: the item prior (as a classifier's
         output bias starts at the log class frequency), so the vectors learn what
         differs from popularity. Its domain's own counts only.
     bias_pseudocount : float
@@ -362,7 +363,7 @@ class FKDRecommender(SequentialRecommender):
         self._users = torch.from_numpy(users)
         self._proposal = self._make_proposal()
         students = self.net.students
-        if students is not None:  # the item priors, from the training targets
+        if students is not None:  # the item priors: counts over the windows' target columns
             targets = self._data[:, 1:].reshape(-1).numpy()
             counts = np.bincount(targets[targets != PAD] - 1, minlength=split.dataset.n_items)
             students.init_bias(counts, split.dataset.item_domain, self.fkd.bias_pseudocount)
