@@ -482,6 +482,8 @@ def _demo_cross_domain(
         recipe = _recipe_file(name)
         overrides = list(DEMO_CROSS_OVERRIDES)
         train(recipe, run, overrides, data_dir=data_dir, quiet=True, threads=threads)
+        if label == "full FKD":  # the domain-level audit of what the teacher uploads
+            audit(run, rounds=1, data_dir=data_dir, threads=threads)
         test = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["test"]
         cells = [
             " / ".join(value(test, f"{mode}/{d}/{metric}") for d in ("arts", "office"))
