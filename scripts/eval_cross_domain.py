@@ -73,15 +73,19 @@ ROWS: tuple[Row, ...] = (
     Row("fkd-fed", "+ alignment (full FKD)", "recipes/fkd-fed-art-office.toml", seeds=HEADLINE),
     Row("fkd-fed-sigma0", "full FKD, sigma = 0 (no protection)",
         "recipes/fkd-unprotected-fed-art-office.toml"),
+    Row("fkd-upper-central",
+        "centralized FKD upper bound (both domains' raw data, unprotected vectors, one process)",
+        "recipes/fkd-upper-central-art-office.toml"),
     Row(
         "upper-central",
-        "centralized upper bound (both domains' raw data, mixed sequences, original text)",
+        "single model on both domains' raw mixed sequences (ID + original text)",
         "recipes/sasrec-idtext-pop-art-office.toml",
     ),
 )  # fmt: skip
 
 PRIORITY = ("popularity", "itemknn", "fkd-fed", "student-fed", "sasrec-single", "factual-fed",
-            "counter-fed", "fkd-fed-sigma0", "teacher-fed", "upper-central")  # fmt: skip
+            "counter-fed", "fkd-fed-sigma0", "fkd-upper-central", "teacher-fed",
+            "upper-central")  # fmt: skip
 
 # The main job's cross-domain stage: 1,000 users, 2 short rounds, the cheap protocols.
 QUICK_SETS = [

@@ -120,3 +120,27 @@ def test_cold_only_scores_just_the_items_unseen_in_training(ml100k_prepared: Pre
     pop = Popularity().fit(split)
     cold_pop = evaluate_ranking(pop, ml100k_prepared, mode="full", cold_only=True)["metrics"]
     assert cold_pop["HR@10"] < 0.05
+
+
+def test_validation_on_a_user_subset_scores_just_those_users(ml100k_prepared: Prepared) -> None:
+    from fedllmrec.eval.evaluators import RankingEvaluator
+
+    knn = ItemKNN(ItemKNNConfig()).fit(ml100k_prepared.split)
+    modes = ("full", "sampled")
+    subset = RankingEvaluator(ml100k_prepared, modes=modes, valid_users=300, valid_seed=3)
+    users = subset.validation_users
+    assert users is not None and users.shape == (300,) and np.unique(users).shape == (300,)
+    again = RankingEvaluator(ml100k_prepared, modes=modes, valid_users=300, valid_seed=3)
+    np.testing.assert_array_equal(users, again.validation_users)  # the same users every time
+    valid = subset(knn, "valid")
+    for mode in modes:  # exactly what scoring those users' rows alone gives
+        alone = evaluate_ranking(knn, ml100k_prepared, role="valid", mode=mode, only_users=users)
+        ds, rows = ml100k_prepared.dataset, ml100k_prepared.split.rows("valid")
+        assert alone["rows"] == int(np.isin(ds.user[rows], users).sum()) < rows.shape[0]
+        assert valid[f"{mode}/HR@10"] == alone["metrics"]["HR@10"]
+    # Test scores every user; a subset as large as the data is every user.
+    everyone = RankingEvaluator(ml100k_prepared, modes=modes)
+    assert subset(knn, "test") == everyone(knn, "test")
+    assert RankingEvaluator(ml100k_prepared, valid_users=10**6).validation_users is None
+    with pytest.raises(ValueError, match="valid_users"):
+        RankingEvaluator(ml100k_prepared, valid_users=0)

@@ -73,6 +73,11 @@ class RankingEvaluator:
     # set; test computes everything. Full ranking on 19k items costs most of an Art-Office
     # epoch, and model selection reads one key.
     valid_modes: Sequence[EvalMode] | None = None
+    # Validation scores only this many users, a fixed random subset drawn once with
+    # ``valid_seed`` (the same users at every epoch, so epochs compare); test scores every
+    # user. Model selection needs a ranking of epochs, not every user's metric.
+    valid_users: int | None = None
+    valid_seed: int = 0
 
     def __post_init__(self) -> None:
         for mode in self.modes:
@@ -85,6 +90,20 @@ class RankingEvaluator:
             self.prepared.sampled("test", LLM_NEGATIVES)
         if self.valid_modes is not None and not set(self.valid_modes) <= set(self.modes):
             raise ValueError(f"valid_modes {self.valid_modes} must be among modes {self.modes}")
+        self._valid_subset: np.ndarray | None = None
+        if self.valid_users is not None:
+            n_users = self.prepared.dataset.n_users
+            if self.valid_users <= 0:
+                raise ValueError(f"valid_users must be positive, not {self.valid_users}")
+            if self.valid_users < n_users:
+                rng = np.random.default_rng(self.valid_seed)
+                chosen = rng.choice(n_users, size=self.valid_users, replace=False)
+                self._valid_subset = np.sort(chosen)
+
+    @property
+    def validation_users(self) -> np.ndarray | None:
+        """The user ids validation scores (sorted), or None for every user."""
+        return self._valid_subset
 
     def __call__(self, model: Scorer, role: str) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -104,6 +123,7 @@ class RankingEvaluator:
                     ties=self.ties,
                     batch_size=self.batch_size,
                     cold_only=cold,
+                    only_users=self._valid_subset if role == "valid" else None,
                 )
                 out.update({f"{prefix}{mode}/{k}": float(v) for k, v in result["metrics"].items()})
                 for domain, metrics in result["domains"].items():
