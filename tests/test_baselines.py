@@ -133,9 +133,9 @@ def test_validation_on_a_user_subset_scores_just_those_users(ml100k_prepared: Pr
     again = RankingEvaluator(ml100k_prepared, modes=modes, valid_users=300, valid_seed=3)
     np.testing.assert_array_equal(users, again.validation_users)  # the same users every time
     valid = subset(knn, "valid")
+    ds, rows = ml100k_prepared.dataset, ml100k_prepared.split.rows("valid")
     for mode in modes:  # exactly what scoring those users' rows alone gives
         alone = evaluate_ranking(knn, ml100k_prepared, role="valid", mode=mode, only_users=users)
-        ds, rows = ml100k_prepared.dataset, ml100k_prepared.split.rows("valid")
         assert alone["rows"] == int(np.isin(ds.user[rows], users).sum()) < rows.shape[0]
         assert valid[f"{mode}/HR@10"] == alone["metrics"]["HR@10"]
     # Test scores every user; a subset as large as the data is every user.

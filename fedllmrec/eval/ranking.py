@@ -40,6 +40,22 @@ def cold_items(prepared: Prepared) -> np.ndarray:
     return cold
 
 
+def _scored(
+    prepared: Prepared,
+    users: np.ndarray,
+    positives: np.ndarray,
+    cold_only: bool,
+    only_users: np.ndarray | None,
+) -> np.ndarray:
+    """Boolean mask of the held-out rows (``users``, ``positives``) that are scored."""
+    keep = np.ones(users.shape[0], dtype=bool)
+    if cold_only:
+        keep &= cold_items(prepared)[positives]
+    if only_users is not None:
+        keep &= np.isin(users, only_users)
+    return keep
+
+
 def _counts_sampled(
     model: Recommender,
     prepared: Prepared,
@@ -51,11 +67,7 @@ def _counts_sampled(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     cands = prepared.sampled(role, n_negatives)  # explains itself when there are too few
     users, items, domains = cands.user, cands.items, cands.domain
-    keep = np.ones(users.shape[0], dtype=bool)
-    if cold_only:
-        keep &= cold_items(prepared)[items[:, 0]]  # column 0 holds the positive
-    if only_users is not None:
-        keep &= np.isin(users, only_users)
+    keep = _scored(prepared, users, items[:, 0], cold_only, only_users)  # column 0: positive
     users, items, domains = users[keep], items[keep], domains[keep]
     history = prepared.split.observed(role)
     greater = np.empty(users.shape[0], dtype=np.int64)
@@ -78,10 +90,7 @@ def _counts_full(
     split = prepared.split
     ds = split.dataset
     rows = split.rows(role)
-    if cold_only:
-        rows = rows[cold_items(prepared)[ds.item[rows]]]
-    if only_users is not None:
-        rows = rows[np.isin(ds.user[rows], only_users)]
+    rows = rows[_scored(prepared, ds.user[rows], ds.item[rows], cold_only, only_users)]
     users, targets, domains = ds.user[rows], ds.item[rows], ds.domain[rows]
     history = split.observed(role)
     touched = split.touched
