@@ -144,3 +144,19 @@ def test_validation_on_a_user_subset_scores_just_those_users(ml100k_prepared: Pr
     assert RankingEvaluator(ml100k_prepared, valid_users=10**6).validation_users is None
     with pytest.raises(ValueError, match="valid_users"):
         RankingEvaluator(ml100k_prepared, valid_users=0)
+
+
+def test_test_on_a_user_subset_scores_just_those_users(ml100k_prepared: Prepared) -> None:
+    """``test_users``: the LLM rows' seeded subset; validation is unaffected by it."""
+    from fedllmrec.eval.evaluators import RankingEvaluator
+
+    knn = ItemKNN(ItemKNNConfig()).fit(ml100k_prepared.split)
+    subset = RankingEvaluator(ml100k_prepared, modes=("sampled",), test_users=200, test_seed=1)
+    users = subset.test_users_scored
+    assert users is not None and users.shape == (200,) and subset.validation_users is None
+    alone = evaluate_ranking(knn, ml100k_prepared, role="test", mode="sampled", only_users=users)
+    assert subset(knn, "test")["sampled/HR@10"] == alone["metrics"]["HR@10"]
+    everyone = RankingEvaluator(ml100k_prepared, modes=("sampled",))
+    assert subset(knn, "valid") == everyone(knn, "valid")
+    with pytest.raises(ValueError, match="test_users"):
+        RankingEvaluator(ml100k_prepared, test_users=-1)

@@ -78,6 +78,10 @@ class RankingEvaluator:
     # user. Model selection needs a ranking of epochs, not every user's metric.
     valid_users: int | None = None
     valid_seed: int = 0
+    # Test scores only this many users (a fixed subset drawn with ``test_seed``), for models
+    # too slow to score every user (the LLM rows); None scores every user.
+    test_users: int | None = None
+    test_seed: int = 0
 
     def __post_init__(self) -> None:
         for mode in self.modes:
@@ -90,20 +94,29 @@ class RankingEvaluator:
             self.prepared.sampled("test", LLM_NEGATIVES)
         if self.valid_modes is not None and not set(self.valid_modes) <= set(self.modes):
             raise ValueError(f"valid_modes {self.valid_modes} must be among modes {self.modes}")
-        self._valid_subset: np.ndarray | None = None
-        if self.valid_users is not None:
-            n_users = self.prepared.dataset.n_users
-            if self.valid_users <= 0:
-                raise ValueError(f"valid_users must be positive, not {self.valid_users}")
-            if self.valid_users < n_users:
-                rng = np.random.default_rng(self.valid_seed)
-                chosen = rng.choice(n_users, size=self.valid_users, replace=False)
-                self._valid_subset = np.sort(chosen)
+        self._valid_subset = self._user_subset("valid_users", self.valid_users, self.valid_seed)
+        self._test_subset = self._user_subset("test_users", self.test_users, self.test_seed)
+
+    def _user_subset(self, name: str, size: int | None, seed: int) -> np.ndarray | None:
+        """A sorted seeded subset of ``size`` user ids (None: every user)."""
+        if size is None:
+            return None
+        if size <= 0:
+            raise ValueError(f"{name} must be positive, not {size}")
+        n_users = self.prepared.dataset.n_users
+        if size >= n_users:
+            return None
+        return np.sort(np.random.default_rng(seed).choice(n_users, size=size, replace=False))
 
     @property
     def validation_users(self) -> np.ndarray | None:
         """The user ids validation scores (sorted), or None for every user."""
         return self._valid_subset
+
+    @property
+    def test_users_scored(self) -> np.ndarray | None:
+        """The user ids test scores (sorted), or None for every user."""
+        return self._test_subset
 
     def __call__(self, model: Scorer, role: str) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -123,7 +136,7 @@ class RankingEvaluator:
                     ties=self.ties,
                     batch_size=self.batch_size,
                     cold_only=cold,
-                    only_users=self._valid_subset if role == "valid" else None,
+                    only_users=self._valid_subset if role == "valid" else self._test_subset,
                 )
                 out.update({f"{prefix}{mode}/{k}": float(v) for k, v in result["metrics"].items()})
                 for domain, metrics in result["domains"].items():

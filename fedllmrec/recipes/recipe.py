@@ -51,6 +51,7 @@ from fedllmrec.models.base import Recommender
 from fedllmrec.models.baselines import ItemKNN, ItemKNNConfig, Popularity, PopularityConfig
 from fedllmrec.models.click import ClickRecommender
 from fedllmrec.models.fkd import FKDRecommender
+from fedllmrec.models.llm.recommender import LLMRecConfig, LLMRecommender
 from fedllmrec.models.sequential import SequentialRecommender
 from fedllmrec.train.trainer import Trainable, Trainer, TrainerConfig
 
@@ -150,6 +151,8 @@ MODEL_BUILDERS: dict[str, ModelBuilder] = {
     ),
     "popularity": ModelBuilder(PopularityConfig, lambda options, _: Popularity(options)),
     "itemknn": ModelBuilder(ItemKNNConfig, lambda options, _: ItemKNN(options)),
+    # The frozen LLM ranking titles by likelihood (zero-shot, text only).
+    "llm": ModelBuilder(LLMRecConfig, lambda options, _: LLMRecommender(options)),
 }
 
 SECTIONS = ("data", "model", "federated", "trainer", "eval", "description")
