@@ -61,18 +61,24 @@ class ItemTextTemplate:
         return [self.render({f: columns[f][i] for f in self.fields}) for i in range(items.num_rows)]
 
 
+def read_prompt_file(path: Path, what: str) -> dict[str, Any]:
+    """The TOML document at ``path``; a missing or malformed file is a one-line error
+    naming the file (``what`` says which kind of file it is)."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FedLLMRecError(f"{path}: {what} not found") from None
+    except tomllib.TOMLDecodeError as err:
+        raise FedLLMRecError(f"{path}: invalid TOML: {err}") from None
+
+
 def load_template(dataset: str, path: str | Path | None = None) -> ItemTextTemplate:
     """The template for ``dataset`` from ``path`` (default ``prompts/item_text.toml``).
 
     Falls back to the file's ``default`` table when the dataset has none.
     """
     path = Path(path) if path is not None else DEFAULT_TEMPLATE_FILE
-    try:
-        spec = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FedLLMRecError(f"{path}: item text template file not found") from None
-    except tomllib.TOMLDecodeError as err:
-        raise FedLLMRecError(f"{path}: invalid TOML: {err}") from None
+    spec = read_prompt_file(path, "item text template file")
     table = spec.get(dataset, spec.get("default"))
     if table is None:
         raise FedLLMRecError(f"{path}: no [{dataset}] and no [default] template")

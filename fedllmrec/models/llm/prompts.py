@@ -10,7 +10,6 @@ of tokens, the same in the prompt and in the scored continuation.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from functools import cached_property
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fedllmrec.errors import FedLLMRecError
-from fedllmrec.semantics.templates import PROMPTS_DIR
+from fedllmrec.semantics.templates import PROMPTS_DIR, read_prompt_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -46,12 +45,7 @@ class RankPrompt:
 def load_rank_prompt(path: str | Path | None = None, table: str = "rank") -> RankPrompt:
     """The template ``table`` of ``path`` (default ``prompts/llm_rank.toml``)."""
     path = Path(path) if path is not None else DEFAULT_PROMPT_FILE
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FedLLMRecError(f"{path}: prompt file not found") from None
-    except tomllib.TOMLDecodeError as err:
-        raise FedLLMRecError(f"{path}: invalid TOML: {err}") from None
+    doc = read_prompt_file(path, "prompt file")
     raw = doc.get(table)
     if not isinstance(raw, dict):
         raise FedLLMRecError(f"{path}: no [{table}] table")

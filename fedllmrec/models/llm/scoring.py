@@ -13,7 +13,7 @@ arithmetic, no reuse): the reference the cached scorer must match, and a speed b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,6 +33,15 @@ def _right_pad(candidates: Sequence[Sequence[int]], pad: int) -> tuple[torch.Ten
         ids[row, : len(tokens)] = torch.as_tensor(tokens, dtype=torch.long)
         mask[row, : len(tokens)] = 1
     return ids, mask
+
+
+def _chunks(
+    candidates: Sequence[Sequence[int]], chunk: int, pad: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The right-padded candidates (ids, mask), ``chunk`` rows at a time."""
+    ids, mask = _right_pad(candidates, pad)
+    for start in range(0, ids.shape[0], chunk):
+        yield ids[start : start + chunk], mask[start : start + chunk]
 
 
 def _mean_logprob(
@@ -74,15 +83,13 @@ def score_candidates(
     """
     from transformers import DynamicCache
 
-    ids, mask = _right_pad(candidates, pad_id)
     p = prompt.shape[0]
     out = model(inputs_embeds=prompt[None], use_cache=True)
     first = out.logits[:, -1]  # (1, V): predicts every candidate's first token
     prefix = [(layer.keys, layer.values) for layer in out.cache.layers]
     embed = model.get_input_embeddings()
     scores = []
-    for start in range(0, ids.shape[0], chunk):
-        c_ids, c_mask = ids[start : start + chunk], mask[start : start + chunk]
+    for c_ids, c_mask in _chunks(candidates, chunk, pad_id):
         k, width = c_ids.shape
         if width == 1:  # one-token candidates: the prompt's last position scored them all
             rest = first.new_zeros((k, 0, first.shape[-1]))
@@ -114,12 +121,10 @@ def score_candidates_uncached(
     pad_id: int = 0,
 ) -> torch.Tensor:
     """The same scores as :func:`score_candidates`, each candidate's whole prompt run anew."""
-    ids, mask = _right_pad(candidates, pad_id)
     p = prompt.shape[0]
     embed = model.get_input_embeddings()
     scores = []
-    for start in range(0, ids.shape[0], chunk):
-        c_ids, c_mask = ids[start : start + chunk], mask[start : start + chunk]
+    for c_ids, c_mask in _chunks(candidates, chunk, pad_id):
         k = c_ids.shape[0]
         inputs = torch.cat([prompt[None].expand(k, -1, -1), embed(c_ids[:, :-1])], dim=1)
         attention = torch.cat([torch.ones((k, p), dtype=torch.long), c_mask[:, :-1]], dim=1)
