@@ -27,8 +27,8 @@ import torch
 from benchlib import machine
 
 from fedllmrec.data.sequences import observed_sequences
-from fedllmrec.models.llm import LLMConfig, load_llm, score_candidates, score_candidates_uncached
-from fedllmrec.models.llm.prompts import PromptEncoder, load_rank_prompt
+from fedllmrec.models.llm import LLMConfig, score_candidates, score_candidates_uncached
+from fedllmrec.models.llm.recommender import LLMRecConfig, LLMRecommender
 from fedllmrec.recipes import load_recipe
 
 
@@ -73,19 +73,14 @@ def main() -> None:
     ])  # fmt: skip
     users, items = cands.user[picked], cands.items[picked].astype(np.int64)
     history = observed_sequences(split, split.observed("test"), users)
-    titles = ds.items.column("title").to_pylist()
-    template = load_rank_prompt()
     result: dict[str, Any] = {"rows": int(picked.shape[0]), "candidates": int(items.shape[1])}
     for dtype in args.dtypes:
-        model, tokenizer = load_llm(LLMConfig(dtype=dtype))
-        prompts = PromptEncoder(tokenizer, template, titles)
+        rec = LLMRecommender(LLMRecConfig(llm=LLMConfig(dtype=dtype))).fit(split)
+        assert rec.model is not None and rec.prompts is not None
+        model, prompts = rec.model, rec.prompts
+        tokenizer, title_tokens = prompts.tokenizer, prompts.template.title_tokens
         embed = model.get_input_embeddings()
-        rows = []
-        for r in range(items.shape[0]):
-            seq = history[r][ds.item_domain[history[r]] == ds.item_domain[items[r, 0]]]
-            order = np.random.default_rng([0, int(users[r])]).permutation(items.shape[1])
-            shown = items[r][order]
-            rows.append((prompts.encode(seq.tolist(), shown.tolist()), shown, order))
+        rows = [rec.row_prompt(int(users[r]), history[r], items[r]) for r in range(items.shape[0])]
         seconds: dict[str, float] = {}
         hits = {"cached": 0, "uncached": 0, "generate": 0}
         cached: list[torch.Tensor] = []
@@ -96,7 +91,7 @@ def main() -> None:
                 positive = int(np.flatnonzero(order == 0)[0])  # where the held-out item is shown
                 with torch.no_grad():
                     if name == "generate":
-                        answer = _generate(model, tokenizer, encoded.ids, template.title_tokens)
+                        answer = _generate(model, tokenizer, encoded.ids, title_tokens)
                         shown_titles = [_normalise(prompts.title_text(int(i))) for i in shown]
                         match = [k for k, t in enumerate(shown_titles) if answer.startswith(t)]
                         matched += bool(match)
@@ -105,7 +100,7 @@ def main() -> None:
                     scorer = score_candidates if name == "cached" else score_candidates_uncached
                     scores = scorer(
                         model, embed(encoded.ids), prompts.continuations(shown.tolist()),
-                        chunk=20, pad_id=prompts.placeholder,
+                        chunk=rec.config.chunk, pad_id=prompts.placeholder,
                     ).float()  # fmt: skip
                 hits[name] += int(torch.argmax(scores)) == positive
                 if name == "cached":

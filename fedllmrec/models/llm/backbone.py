@@ -45,8 +45,10 @@ class LLMConfig:
         ``transformers.AutoModelForCausalLM.from_pretrained`` reads (config, safetensors,
         tokenizer).
     dtype : {"float32", "bfloat16"}
-        Weights and compute. float32 is the default: faster than bf16 on every CPU measured
-        here (SmolLM2 forward on an AVX512-BF16 Xeon: ~630 tokens/s fp32, ~430-460 bf16).
+        Weights and compute. float32 is the default: exact scores (the cached and uncached
+        scorers agree to 1e-6; in bf16 they differ by up to 0.08). bf16 was slower than fp32
+        on the CPUs without AMX measured earlier, 2.7x faster on an AMX Xeon, with the same
+        zero-shot HR@1 on 100 users (docs/benchmarks.md).
     """
 
     model: str = DEFAULT_LLM

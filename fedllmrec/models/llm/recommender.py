@@ -20,7 +20,7 @@ import torch
 from fedllmrec.data.sequences import observed_sequences
 from fedllmrec.data.split import Split, UserItemSet
 from fedllmrec.models.llm.backbone import LLMConfig, load_llm
-from fedllmrec.models.llm.prompts import PromptEncoder, load_rank_prompt
+from fedllmrec.models.llm.prompts import EncodedPrompt, PromptEncoder, load_rank_prompt
 from fedllmrec.models.llm.scoring import score_candidates
 
 if TYPE_CHECKING:
@@ -75,25 +75,34 @@ class LLMRecommender:
         """The seeded order a user's ``n`` candidates are shown in (a permutation)."""
         return np.random.default_rng([self.config.seed, int(user)]).permutation(n)
 
+    def row_prompt(
+        self, user: int, history: np.ndarray, row: np.ndarray
+    ) -> tuple[EncodedPrompt, np.ndarray, np.ndarray]:
+        """The prompt of one row: ``user``'s observed ``history`` (every domain, in order)
+        cut to the domain of the candidates ``row``, the candidates in the user's seeded
+        order. Returns the encoded prompt, the candidates as shown, and that order
+        (``shown = row[order]``)."""
+        if self.split is None or self.prompts is None:
+            raise RuntimeError("call fit() before row_prompt()")
+        item_domain = self.split.dataset.item_domain
+        seq = history[item_domain[history] == item_domain[row[0]]]  # the row's domain only
+        order = self.shown_order(user, row.shape[0])
+        shown = row[order]
+        return self.prompts.encode(seq.tolist(), shown.tolist()), shown, order
+
     @torch.no_grad()
     def score(self, users: np.ndarray, items: np.ndarray, history: UserItemSet) -> np.ndarray:
         """Scores (B, C) of ``items[r]`` for ``users[r]``: each title's mean log-probability."""
         if self.split is None or self.model is None or self.prompts is None:
             raise RuntimeError("call fit() before score()")
-        ds = self.split.dataset
         items = np.asarray(items, dtype=np.int64)
         embed = self.model.get_input_embeddings()
         out = np.empty(items.shape, dtype=np.float32)
         for r, seq in enumerate(observed_sequences(self.split, history, users)):
-            row = items[r]
-            seq = seq[ds.item_domain[seq] == ds.item_domain[row[0]]]  # the row's domain only
-            order = self.shown_order(int(users[r]), row.shape[0])
-            shown = row[order]
-            encoded = self.prompts.encode(seq.tolist(), shown.tolist())
-            prompt = embed(encoded.ids)  # (P, H)
+            encoded, shown, order = self.row_prompt(int(users[r]), seq, items[r])
             scores = score_candidates(
                 self.model,
-                prompt,
+                embed(encoded.ids),  # (P, H)
                 self.prompts.continuations(shown.tolist()),
                 chunk=self.config.chunk,
                 pad_id=self.prompts.placeholder,
