@@ -9,6 +9,11 @@ the 1+19 protocol of the LLM issue).
 
     FEDLLMREC_DATA=../shared/data python scripts/eval_cross_domain.py --out runs/cross-domain
     python scripts/eval_cross_domain.py --quick --out runs/cross-domain-quick   # < 5 minutes
+    python scripts/eval_cross_domain.py --llm --out runs/cross-domain   # the LLM rows
+
+``--llm`` runs the LLM rows instead (SmolLM2 on a seeded subset of test users, same saved
+1+19 lists): their soft tokens read this table's full-FKD run (``OUT/fkd-fed``, trained
+first if missing), which is also scored on the same subset as the row to beat.
 
 The table (markdown) is printed and written to ``OUT/table.md``, the numbers to
 ``OUT/results.json``.
@@ -97,6 +102,29 @@ QUICK_SETS = [
 ]
 QUICK_ROWS = ("student-fed", "fkd-fed")
 
+# The LLM rows (each recipe states its subset: 500 users' rows per domain train, 100 test
+# users). Zero-shot gets the same short prompt and dtype as the trained rows.
+LLM_ROWS: tuple[Row, ...] = (
+    Row("llm-zeroshot", "LLM zero-shot, titles only", "recipes/llm-zeroshot-art-office.toml",
+        ("model.history_items=5", "model.title_tokens=16", "model.llm.dtype=bfloat16",
+         "eval.test_users=100", "eval.valid_users=5")),
+    Row("llm-lora", "LLM + LoRA, titles only (TALLRec-style)", "recipes/llm-lora-art-office.toml"),
+    Row("llm-soft", "LLM frozen + soft tokens from the FKD student (A-LLMRec-style)",
+        "recipes/llm-soft-art-office.toml"),
+    Row("llm-fed", "full pipeline: FKD soft tokens + federated global/private LoRA",
+        "recipes/llm-fed-art-office.toml"),
+    Row("llm-soft-lora", "full pipeline, centralized LoRA (upper bound)",
+        "recipes/llm-soft-lora-art-office.toml"),
+)  # fmt: skip
+SOFT_ROWS = ("llm-soft", "llm-fed", "llm-soft-lora")
+SOURCE = "fkd-fed"  # the student the soft tokens read
+SOURCE_ON_SUBSET = "fkd-fed-llm-subset"
+LLM_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("1+19 HR@1", "sampled-19/{d}HR@1"),
+    ("1+19 HR@5", "sampled-19/{d}HR@5"),
+    ("1+19 NDCG@5", "sampled-19/{d}NDCG@5"),
+)
+
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("full HR@10", "full/{d}HR@10"),
     ("full NDCG@10", "full/{d}NDCG@10"),
@@ -117,10 +145,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the main job's quick subset")
     parser.add_argument("--rows", nargs="*", help="only these rows (names)")
     parser.add_argument("--single-seed", action="store_true", help="seed 0 of every row only")
+    parser.add_argument("--llm", action="store_true", help="the LLM rows (issue 17)")
     parser.add_argument("--set", action="append", default=[], dest="extra")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.llm:
+        llm_table(out, args.jobs, args.extra)
+        return
     rows = [r for r in ROWS if (not args.quick or r.name in QUICK_ROWS)]
     if args.rows:
         rows = [r for r in rows if r.name in args.rows]
@@ -142,6 +174,41 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
+def llm_table(out: Path, parallel: int, extra: list[str]) -> None:
+    """The LLM rows and the FKD student they read, on the same test subset."""
+    source = next(r for r in ROWS if r.name == SOURCE)
+    run, sets = source.runs()[0]
+    run_jobs([TrainJob(source.recipe, run, [*sets, *_applicable(source, extra)], out / run)], 1)
+    jobs = []
+    # The full pipeline first: a stopped run still leaves the row that matters most.
+    for row in sorted(LLM_ROWS, key=lambda r: r.name != "llm-fed"):
+        soft = [f"model.source={out / SOURCE}"] if row.name in SOFT_ROWS else []
+        for name, sets in row.runs():
+            overrides = [*sets, *soft, *_applicable(row, extra)]
+            jobs.append(TrainJob(row.recipe, name, overrides, out / name))
+    wall = run_jobs(jobs, parallel)
+    results = {job.run: run_metrics(job.out) for job in jobs}
+    results[SOURCE_ON_SUBSET] = score_on_subset(out / SOURCE, LLM_ROWS[1].recipe)
+    rows = [Row(SOURCE_ON_SUBSET, "FKD student alone (the soft tokens' source)", source.recipe),
+            *LLM_ROWS]  # fmt: skip
+    table = render(rows, results, quick=False, columns=LLM_COLUMNS)
+    print(table)
+    (out / "llm-table.md").write_text(table + "\n", encoding="utf-8")
+    record = {"wall_seconds": wall, "extra": extra, "runs": results}
+    (out / "llm-results.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+
+
+def score_on_subset(run: Path, recipe_path: str) -> dict[str, Any]:
+    """A finished run's best model scored by another recipe's test evaluator (its subset)."""
+    from fedllmrec.recipes.recipe import load_trained
+
+    recipe = load_recipe(recipe_path)
+    prepared = recipe.prepare()
+    model = load_trained(run, prepared)
+    test = recipe.build_evaluator(prepared)(model, "test")
+    return {**run_metrics(run), "test": test, "train_seconds": run_metrics(run)["train_seconds"]}
+
+
 def _applicable(row: Row, extra: list[str]) -> list[str]:
     """The extra overrides a row's recipe takes (no [federated] keys for a central one)."""
     federated = load_recipe(row.recipe).federated is not None
@@ -149,10 +216,15 @@ def _applicable(row: Row, extra: list[str]) -> list[str]:
 
 
 def render(
-    rows: Sequence[Row], results: dict[str, dict[str, Any]], *, quick: bool, single: bool = False
+    rows: Sequence[Row],
+    results: dict[str, dict[str, Any]],
+    *,
+    quick: bool,
+    single: bool = False,
+    columns: Sequence[tuple[str, str]] = COLUMNS,
 ) -> str:
     """One markdown table: a row per model, ``arts / office`` in every cell."""
-    columns = [c for c in COLUMNS if not quick or not c[1].startswith("cold")]
+    columns = [c for c in columns if not quick or not c[1].startswith("cold")]
     head = ["model", "seeds", "best/stopped", *[name for name, _ in columns], "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:

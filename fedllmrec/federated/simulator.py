@@ -18,7 +18,7 @@ the local training on its nodes (:meth:`local_training`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -27,7 +27,6 @@ import torch
 from fedllmrec.data.sequences import domain_windows, left_pad
 from fedllmrec.data.split import Split, UserItemSet
 from fedllmrec.errors import FedLLMRecError
-from fedllmrec.federated.aggregation import RoundAggregator
 from fedllmrec.federated.config import FederationConfig
 from fedllmrec.federated.engines import Engine, LocalJob, client_engine, engine_for
 from fedllmrec.federated.net import ClientNet
@@ -39,29 +38,24 @@ from fedllmrec.federated.ownership import (
     declared_ownership,
 )
 from fedllmrec.federated.population import ClientPopulation
-from fedllmrec.federated.privacy import Accountant, ClientPrivacy, DPRelease, SecureSum
+from fedllmrec.federated.privacy import ClientPrivacy, DPRelease
 from fedllmrec.federated.round import (
     RoundPlan,
     ServerState,
     chunk_clients,
-    finish_round,
     plan_round,
 )
+from fedllmrec.federated.server import FederationServer
 from fedllmrec.federated.uploads import (
     Part,
-    Uploads,
-    UploadSum,
     UploadTransform,
-    download_bytes,
-    transform_uploads,
-    upload_bytes,
 )
 from fedllmrec.models.mrff import MRFF
 from fedllmrec.models.sequential import SequentialRecommender
 
 
 @dataclass
-class FederatedRecommender:
+class FederatedRecommender(FederationServer):
     """A sequential recommender trained by federated rounds.
 
     Parameters
@@ -134,33 +128,11 @@ class FederatedRecommender:
         )
         self._server = ServerState.fresh(cfg, self._routing_shape(), len(self._population))
         privacy = cfg.privacy
-        if privacy.enabled and self.transforms:
-            raise FedLLMRecError(
-                "upload transforms run before the privacy seam; combine them in one place"
-            )
-        self._release = None
-        if privacy.dp != "none":
-            self._release = DPRelease(privacy, own, self.expected_clients, cfg.seed)
-        self._client_privacy = ClientPrivacy(privacy, self._release, cfg.seed)
-        self._withheld = ()
+        withheld: list[str] = []
         if privacy.attribute_tables == "secure_only" and not privacy.secure_aggregation:
-            self._withheld = tuple(attribute_tensors(self._net, own))
+            withheld = attribute_tensors(self._net, own)
+        self.setup_privacy(withheld)
         return self
-
-    @property
-    def withheld(self) -> tuple[str, ...]:
-        """Shared tensors whose deltas are zeroed: attribute tables outside a secure sum."""
-        return self._withheld
-
-    @property
-    def expected_clients(self) -> float:
-        """Expected uploads per round: the DP mean's fixed denominator."""
-        strategy = self.federation.strategy
-        n = len(self.population)
-        sampled = strategy.fraction * n
-        if strategy.sampling == "fixed":
-            sampled = min(n, max(strategy.min_clients, round(strategy.fraction * n)))
-        return sampled * (1.0 - strategy.drop_rate)
 
     def _domain_windows(self, split: Split) -> np.ndarray:
         """Replace the training windows by per-domain ones; return each window's domain.
@@ -212,6 +184,10 @@ class FederatedRecommender:
         if self._server is None:
             raise RuntimeError("call setup() first")
         return self._server
+
+    @property
+    def n_clients(self) -> int:
+        return len(self.population)
 
     @property
     def clients(self) -> np.ndarray:
@@ -282,10 +258,6 @@ class FederatedRecommender:
         )
         return self.finish_round(plan, aggregator)
 
-    def new_aggregator(self, round_: int) -> RoundAggregator:
-        """The server's aggregator for round ``round_`` (with the DP mechanism, if on)."""
-        return RoundAggregator(self.ownership, self.federation.strategy, self._release, round_)
-
     def train_epoch(self) -> float:
         """The trainer's unit of training: one round (:meth:`train_round`)."""
         return self.train_round()
@@ -322,149 +294,21 @@ class FederatedRecommender:
         """
         engine = engine or self.engine
         cohort = len(positions) if cohort is None else cohort
-        secure = self.federation.privacy.secure_aggregation if secure is None else secure
         chunks = list(chunk_clients(self.population, positions, round_, self.federation))
         job = LocalJob(
             self.net, self.ownership, self.population, chunks, round_, sent, load, self.federation
         )
-        protect = self._client_privacy
-        assert protect is not None
-        summed = SecureSum(self.ownership, self.federation.strategy.weighting) if secure else None
-
-        def seam(part: Uploads | UploadSum) -> None:
-            part = withhold(part, self._withheld)
-            out: Part = transform_uploads(part, self.transforms, round_)
-            if isinstance(out, Uploads):
-                out = protect(out, round_, cohort)
-            if summed is not None:
-                summed.add(out)
-            else:
-                emit(out)
-
+        seam, close = self.open_seam(round_, cohort, emit, secure)
         self.net.train()
         try:
             engine.run(job, seam)
         finally:
             self.net.eval()
-        if summed is not None and (total := summed.result()) is not None:
-            emit(total)
+        close()
 
     def client_engine(self) -> Engine:
         """The engine a real client runs: its own upload, one client at a time (batched)."""
         return client_engine(self.federation.engine)
-
-    def finish_round(
-        self, plan: RoundPlan, aggregator: RoundAggregator, extra: Mapping[str, Any] | None = None
-    ) -> float:
-        """Aggregate the round's uploads into the live model; keep load and records."""
-        loss = finish_round(
-            self.server,
-            plan,
-            aggregator,
-            self.shared_tensors(),
-            self.ownership,
-            self.federation,
-            extra,
-        )
-        if self.accountant is not None:
-            self.server.records[-1]["epsilon"] = self.epsilon()
-        return loss
-
-    # ------------------------------------------------------------------ privacy
-
-    @property
-    def release(self) -> DPRelease | None:
-        """The server's DP mechanism (header code, noise scale); None without DP."""
-        return self._release
-
-    @property
-    def accountant(self) -> Accountant | None:
-        """The DP accountant of this federation (None without DP)."""
-        privacy, strategy = self.federation.privacy, self.federation.strategy
-        if privacy.dp == "none":
-            return None
-        return Accountant(
-            privacy.noise_multiplier, strategy.fraction, privacy.delta, local=privacy.dp == "local"
-        )
-
-    def epsilon(self, rounds: int | None = None) -> float:
-        """Epsilon at the configured delta after ``rounds`` (default: those run so far).
-
-        Local DP reports the worst client's (its participations); infinite without DP.
-        """
-        accountant = self.accountant
-        if accountant is None:
-            return float("inf")
-        server = self.server
-        if rounds is None:
-            rounds = (
-                int(server.participations.max(initial=0))
-                if accountant.local
-                else len(server.records)
-            )
-        return accountant.epsilon(rounds)
-
-    def budget_spent(self) -> bool:
-        """Whether one more round would take epsilon past ``privacy.epsilon_budget``."""
-        budget = self.federation.privacy.epsilon_budget
-        if not budget or self.accountant is None:
-            return False
-        if self.accountant.local:
-            # Worst case: the most frequent client takes part in the next round too.
-            rounds = int(self.server.participations.max(initial=0)) + 1
-        else:
-            rounds = len(self.server.records) + 1
-        return self.epsilon(rounds) > budget
-
-    # ------------------------------------------------------------------ records
-
-    def epoch_info(self) -> dict[str, Any]:
-        """The latest round's participation and traffic (a row of metrics.json's history)."""
-        records = self.server.records
-        return dict(records[-1]) if records else {}
-
-    def run_info(self) -> dict[str, Any]:
-        """Totals for metrics.json: participation, traffic, parameter owners."""
-        own, records = self.ownership, self.server.records
-        full = 4 * own.numel(Owner.GLOBAL, Owner.GROUP, Owner.PRIVATE)
-        return {
-            "federated": {
-                "clients": len(self.population),
-                "rounds": len(records),
-                "dropped_total": sum(r["dropped"] for r in records),
-                "bytes_up_total": sum(r["bytes_up"] for r in records),
-                "bytes_down_total": sum(r["bytes_down"] for r in records),
-                "upload_bytes_per_client": upload_bytes(own),
-                "download_bytes_per_client": download_bytes(own),
-                "full_model_bytes": full,
-                "scalars_by_owner": own.summary(),
-            },
-            "privacy": self.privacy_info(),
-        }
-
-    def privacy_info(self) -> dict[str, Any]:
-        """The run's protections and its epsilon at delta (metrics.json's ``privacy``)."""
-        privacy = self.federation.privacy
-        info: dict[str, Any] = {
-            "secure_aggregation": privacy.secure_aggregation,
-            "dp": privacy.dp,
-            "aware": privacy.aware,
-        }
-        accountant, release = self.accountant, self._release
-        if accountant is not None and release is not None:
-            info |= {
-                "clip": privacy.clip,
-                "noise_multiplier": privacy.noise_multiplier,
-                "sensitivity": release.sensitivity,
-                "noise_std": release.std,
-                "expected_clients": release.expected_clients,
-                "sampling": accountant.sampling,
-                "delta": privacy.delta,
-                "epsilon": self.epsilon(),
-                "epsilon_budget": privacy.epsilon_budget,
-                "budget_spent": self.budget_spent(),
-            }
-        return info
 
     # ------------------------------------------------------------------ state
 
@@ -517,14 +361,3 @@ class FederatedRecommender:
             raise FedLLMRecError(f"{type(self.recommender).__name__} does not predict clicks")
         probs, labels = predict(role)
         return probs, labels
-
-
-def withhold(part: Uploads | UploadSum, names: Sequence[str]) -> Uploads | UploadSum:
-    """``part`` with the deltas of ``names`` zeroed: they carry nothing, the tensors stay."""
-    if not names:
-        return part
-    if isinstance(part, UploadSum):
-        sums = {n: torch.zeros_like(v) if n in names else v for n, v in part.sums.items()}
-        return replace(part, sums=sums)
-    deltas = {n: torch.zeros_like(v) if n in names else v for n, v in part.deltas.items()}
-    return replace(part, deltas=deltas)

@@ -532,11 +532,57 @@ class FKDRecommender(SequentialRecommender):
             students = net.students
             assert students is not None
             slot = d if students.n_slots > 1 else 0
-            state = students.states(seq, students.items(seq, slot), slot)[:, -1]
+            state = self._student_states(seq, slot)  # (R, D)
             scores = students.scores(state, slot)  # (R, L + 1) at local ids
             local = students.local_index[shifted]
             out[rows] = torch.take_along_dim(scores, local, dim=1).numpy()
         return out
+
+    # ------------------------------------------------------------------ representations
+
+    def _student_states(self, seq: torch.Tensor, slot: int) -> torch.Tensor:
+        """Student ``slot``'s last state (R, D) of left-padded shifted ``seq`` (R, T)."""
+        students = self.net.students
+        assert students is not None
+        return students.states(seq, students.items(seq, slot), slot)[:, -1]
+
+    @torch.no_grad()
+    def user_states(self, seqs: list[np.ndarray], domains: np.ndarray) -> torch.Tensor:
+        """Each in-domain sequence's state (B, D) in its domain's student (the vector its
+        scores are dot products with): what the LLM's user soft token is projected from.
+
+        ``seqs[b]``: item ids, oldest first, all of domain ``domains[b]``.
+        """
+        students = self.net.students
+        if students is None or self.split is None:
+            raise RuntimeError("user_states() needs a fitted model with students")
+        self.net.eval()
+        domains = np.asarray(domains, dtype=np.int64)
+        out = torch.zeros(len(seqs), students.id_emb.shape[-1])
+        for d in np.unique(domains).tolist():
+            rows = np.flatnonzero(domains == d)
+            seq = torch.from_numpy(left_pad([seqs[r] for r in rows], self.max_len))
+            out[torch.from_numpy(rows)] = self._student_states(
+                seq, d if students.n_slots > 1 else 0
+            )
+        return out
+
+    @torch.no_grad()
+    def item_vectors(self) -> torch.Tensor:
+        """(n_items, D + text_dim) each item's ID vector in its own domain's student, then
+        its protected shared vector: what the LLM's item soft tokens are projected from
+        (a domain's ID rows are that domain's private state)."""
+        students = self.net.students
+        if students is None or self.split is None:
+            raise RuntimeError("item_vectors() needs a fitted model with students")
+        item_domain = self.split.dataset.item_domain
+        shifted = torch.arange(1, item_domain.shape[0] + 1)
+        out = torch.zeros(item_domain.shape[0], students.id_emb.shape[-1])
+        for d in range(int(item_domain.max(initial=0)) + 1):
+            ids = torch.from_numpy(np.flatnonzero(item_domain == d))
+            out[ids] = students.items(shifted[ids], d if students.n_slots > 1 else 0)
+        assert self.semantics is not None  # set with the students
+        return torch.cat([out, torch.from_numpy(np.asarray(self.semantics.vectors))], dim=1)
 
 
 def distillation(teacher: torch.Tensor, student: torch.Tensor, temperature: float) -> torch.Tensor:

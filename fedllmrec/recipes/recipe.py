@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import tomllib
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,6 +46,7 @@ from fedllmrec.data.prepare import SAMPLED_NEGATIVES, Prepared, prepare
 from fedllmrec.data.split import SplitConfig
 from fedllmrec.errors import FedLLMRecError, OptionError, RecipeError
 from fedllmrec.eval.evaluators import EVALUATORS, Evaluator
+from fedllmrec.federated.adapters import FederatedLLM
 from fedllmrec.federated.config import FederationConfig
 from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.models.base import Recommender
@@ -52,8 +54,17 @@ from fedllmrec.models.baselines import ItemKNN, ItemKNNConfig, Popularity, Popul
 from fedllmrec.models.click import ClickRecommender
 from fedllmrec.models.fkd import FKDRecommender
 from fedllmrec.models.llm.recommender import LLMRecConfig, LLMRecommender
+from fedllmrec.models.llm.soft import SoftSource
+from fedllmrec.models.llm.tuned import TunedLLMRecommender
 from fedllmrec.models.sequential import SequentialRecommender
-from fedllmrec.train.trainer import Trainable, Trainer, TrainerConfig
+from fedllmrec.train.trainer import (
+    BEST,
+    METRICS,
+    Trainable,
+    Trainer,
+    TrainerConfig,
+    load_checkpoint,
+)
 
 Model = Trainable | Recommender
 
@@ -123,6 +134,26 @@ def _sequential(options: SequentialRecommender, prepared: Prepared) -> Model:
     return options  # the options dataclass is the model; setup() builds the network
 
 
+def _llm(options: LLMRecConfig, prepared: Prepared) -> Model:
+    source: Callable[[], SoftSource] | None = None
+    if options.source is not None:
+        run = options.source
+
+        def source() -> SoftSource:  # loaded by the model's fit(): building reads no run
+            trained = load_trained(run, prepared)
+            inner = trained.recommender if isinstance(trained, FederatedRecommender) else trained
+            if not isinstance(inner, SoftSource):
+                raise FedLLMRecError(
+                    f"model.source: {run} holds a {type(inner).__name__}, which gives no user "
+                    "states and item vectors for soft tokens (train an FKD recipe)"
+                )
+            return inner
+
+    if options.mode == "zeroshot":
+        return LLMRecommender(options, source)
+    return TunedLLMRecommender(options, source)
+
+
 # kind -> builder; other kinds (click models, ...) register here. MRFF is kind "sequential"
 # with architecture "mrff": the checks follow SequentialRecommender's fields and types.
 MODEL_BUILDERS: dict[str, ModelBuilder] = {
@@ -151,8 +182,8 @@ MODEL_BUILDERS: dict[str, ModelBuilder] = {
     ),
     "popularity": ModelBuilder(PopularityConfig, lambda options, _: Popularity(options)),
     "itemknn": ModelBuilder(ItemKNNConfig, lambda options, _: ItemKNN(options)),
-    # The frozen LLM ranking titles by likelihood (zero-shot, text only).
-    "llm": ModelBuilder(LLMRecConfig, lambda options, _: LLMRecommender(options)),
+    # SmolLM2 ranking titles by likelihood: zero-shot, LoRA, soft tokens (models/llm/).
+    "llm": ModelBuilder(LLMRecConfig, _llm, seed_key="train.seed"),
 }
 
 SECTIONS = ("data", "model", "federated", "trainer", "eval", "description")
@@ -192,8 +223,12 @@ class Recipe:
         model = MODEL_BUILDERS[self.model_kind](self.model_options, prepared)
         if self.federated is None:
             return model
+        if isinstance(model, TunedLLMRecommender):
+            return FederatedLLM(model, self.federated)
         if not isinstance(model, SequentialRecommender):
-            raise RecipeError(self.path, "only sequential and click models train federated")
+            raise RecipeError(
+                self.path, "only sequential, click and trained LLM models train federated"
+            )
         return FederatedRecommender(model, self.federated)
 
     def build_federation(self, prepared: Prepared | None = None) -> FederatedRecommender:
@@ -290,6 +325,32 @@ def run_recipe(
     )
 
 
+def load_trained(run_dir: str | Path, prepared: Prepared | None = None) -> Model:
+    """The best model of a finished ``fedllmrec train`` run, rebuilt from its recipe.
+
+    The run's ``metrics.json`` names the recipe and its overrides; the model is built and
+    set up on ``prepared`` (default: the recipe's own data), which must be the data it was
+    trained on, and its ``best.pt`` is loaded.
+    """
+    run = Path(run_dir)
+    if not (run / METRICS).is_file() or not (run / BEST).is_file():
+        raise FedLLMRecError(f"{run}: not a finished run (no {METRICS} and {BEST})")
+    config = json.loads((run / METRICS).read_text())["config"]
+    recipe = load_recipe(config["recipe"], config.get("overrides", []))
+    own = recipe.prepare()
+    if prepared is not None and own.folder != prepared.folder:
+        raise FedLLMRecError(
+            f"{run}: trained on prepared data {own.folder.name}, not {prepared.folder.name}"
+        )
+    prepared = prepared or own
+    model = recipe.build_model(prepared)
+    if not isinstance(model, Trainable):
+        raise FedLLMRecError(f"{run}: a {type(model).__name__} has no trained state to load")
+    model.setup(prepared.split)
+    model.load_state_dict(load_checkpoint(run / BEST)["model"])
+    return model
+
+
 # ---------------------------------------------------------------- parsing
 
 
@@ -381,8 +442,10 @@ def _from_raw(path: Path, raw: dict[str, Any], overrides: list[str]) -> Recipe:
 
     federated = None
     if "federated" in raw:
-        if kind not in ("sequential", "click", "fkd"):
+        if kind not in ("sequential", "click", "fkd", "llm"):
             raise _Bad("federated", f"model kind {kind!r} cannot train federated")
+        if kind == "llm" and model.get("mode", "zeroshot") == "zeroshot":
+            raise _Bad("federated", "a zero-shot LLM trains nothing: federate a trained mode")
         section = dict(_table(raw, "federated"))
         section.setdefault("seed", trainer.seed)
         federated = _instantiate(FederationConfig, section, "federated")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
+    from peft import PeftModel
     from transformers import PreTrainedModel
 
 
@@ -60,7 +61,7 @@ def _mean_logprob(
 
 
 def score_candidates(
-    model: PreTrainedModel,
+    model: PreTrainedModel | PeftModel,
     prompt: torch.Tensor,
     candidates: Sequence[Sequence[int]],
     chunk: int = 32,
@@ -114,7 +115,7 @@ def score_candidates(
 
 
 def score_candidates_uncached(
-    model: PreTrainedModel,
+    model: PreTrainedModel | PeftModel,
     prompt: torch.Tensor,
     candidates: Sequence[Sequence[int]],
     chunk: int = 32,

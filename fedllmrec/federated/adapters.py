@@ -1,0 +1,301 @@
+"""Federated LLM adapters: every client trains the global adapter and its own private one.
+
+:class:`FederatedLLM` trains a :class:`~fedllmrec.models.llm.tuned.TunedLLMRecommender`
+by rounds. Clients are domains (each holds its users' rows in its domain, the
+cross-domain setting) or users. In a round each sampled client starts from the global
+tensors sent (the global adapter's ``B``, its ``A`` too under naive aggregation, and the
+soft-token projectors), loads its own private adapter, takes ``federated.local.steps``
+optimiser steps on its rows, keeps its new private adapter, and uploads the change of the
+global tensors only: through the same seam as every other federation
+(:meth:`~fedllmrec.federated.server.FederationServer.open_seam`: transforms, clipping, DP
+noise, secure sum), into the same aggregator and server optimiser (:mod:`.round`).
+
+Ownership (:func:`llm_ownership`): the LLM's weights are frozen; the global adapter is
+global (its ``A`` frozen under FFA-LoRA's ``frozen_a``: seeded, the same everywhere, never
+sent); the private adapter is private (the simulator keeps one copy per client and swaps
+it in for that client's training and scoring); the projectors are global; the item
+feature table of the soft tokens is private, one slot per domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import torch
+
+from fedllmrec.data.split import Split, UserItemSet
+from fedllmrec.errors import FedLLMRecError
+from fedllmrec.federated.config import FederationConfig
+from fedllmrec.federated.ownership import (
+    SHARED,
+    Owner,
+    Ownership,
+    OwnershipError,
+    TensorOwner,
+    declared_ownership,
+)
+from fedllmrec.federated.round import RoundPlan, ServerState, plan_round
+from fedllmrec.federated.server import FederationServer
+from fedllmrec.federated.uploads import Part, Uploads, UploadTransform
+from fedllmrec.models.llm.adapters import adapter_owner
+from fedllmrec.models.llm.tuned import TunedLLMRecommender
+
+
+def llm_ownership(recommender: TunedLLMRecommender, n_clients: int) -> Ownership:
+    """The checked owner of every tensor of the adapted LLM and its projectors.
+
+    Names are ``llm.…`` (the peft model) and ``soft.…`` (the projectors). Raises
+    :class:`OwnershipError` when a frozen parameter trains or a trained one is frozen.
+    """
+    owners: dict[str, TensorOwner] = {}
+    for prefix, module in recommender.trained_modules().items():
+        if prefix == "soft":
+            declared = declared_ownership(module)
+            for name, spec in declared.items():
+                full = f"soft.{name}"
+                owners[full] = TensorOwner(full, spec.owner, spec.is_parameter, spec.shape)
+            continue
+        tensors: list[tuple[str, torch.Tensor, bool]]
+        tensors = [(n, t, True) for n, t in module.named_parameters()]
+        tensors += [(n, t, False) for n, t in module.named_buffers()]
+        for name, tensor, is_param in tensors:
+            full = f"{prefix}.{name}"
+            owner = adapter_owner(name, recommender.config.adapters)
+            owners[full] = TensorOwner(full, owner, is_param, tuple(tensor.shape))
+    trained = set(recommender.trainable_parameters())
+    for name, spec in owners.items():
+        if spec.owner is Owner.FROZEN and name in trained:
+            raise OwnershipError(f"{name}: frozen, but requires grad")
+        if spec.owner in (Owner.GLOBAL, Owner.GROUP) and name not in trained:
+            raise OwnershipError(f"{name}: {spec.owner}, but does not train")
+    return Ownership(owners, n_clients)
+
+
+@dataclass
+class FederatedLLM(FederationServer):
+    """A trained-mode LLM recommender trained by federated rounds (domain or user clients).
+
+    Parameters
+    ----------
+    recommender : TunedLLMRecommender
+        The model (its ``setup`` loads the LLM, adds the adapters, draws the rows).
+    federation : FederationConfig
+        Partition, local steps and learning rate, strategy, privacy.
+    transforms : sequence of UploadTransform
+        Extra upload transforms (the seam runs them before the client's protections).
+    """
+
+    unit: ClassVar[str] = "round"
+    recommender: TunedLLMRecommender
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    transforms: Sequence[UploadTransform] = ()
+    _ownership: Ownership | None = field(default=None, repr=False)
+    _server: ServerState | None = field(default=None, repr=False)
+    _clients: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    _client_rows: list[np.ndarray] = field(default_factory=list, repr=False)
+    _private: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict, repr=False)
+    _fresh_private: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, split: Split) -> Self:
+        """Build the model, its ownership, the clients (and their rows) and the server."""
+        rec, cfg = self.recommender, self.federation
+        rec.setup(split)
+        rows = rec.rows
+        assert rows is not None
+        if cfg.partition == "domain":
+            self._clients = np.unique(rows.domains)
+            self._client_rows = [rows.of_domain(int(d)) for d in self._clients]
+        else:
+            if rec.soft is not None:
+                raise FedLLMRecError(
+                    "soft tokens read per-domain item vectors: train them with domain clients "
+                    "(federated.partition = 'domain')"
+                )
+            self._clients = np.unique(rows.users)
+            self._client_rows = [np.flatnonzero(rows.users == u) for u in self._clients]
+        if cfg.max_clients:  # the first clients by id, as for the sequential models
+            self._clients = self._clients[: cfg.max_clients]
+            self._client_rows = self._client_rows[: cfg.max_clients]
+        if cfg.engine == "linear":
+            raise FedLLMRecError(
+                "the LLM's clients train one at a time (the per-client loop): federated.engine "
+                "'linear' (the fused sum) does not apply"
+            )
+        self._ownership = llm_ownership(rec, len(self._clients))
+        self._server = ServerState.fresh(cfg, (0, 0), len(self._clients))
+        every = self.tensors()
+        # Every client's private adapter starts at the same seeded value (B = 0: no effect).
+        self._fresh_private = {
+            name: every[name].detach().clone() for name in self.ownership.private_parameters()
+        }
+        self._private = {}
+        self.setup_privacy()
+        return self
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def ownership(self) -> Ownership:
+        if self._ownership is None:
+            raise RuntimeError("call setup() first")
+        return self._ownership
+
+    @property
+    def server(self) -> ServerState:
+        if self._server is None:
+            raise RuntimeError("call setup() first")
+        return self._server
+
+    @property
+    def n_clients(self) -> int:
+        return int(self._clients.shape[0])
+
+    @property
+    def clients(self) -> np.ndarray:
+        """Domain (or user) ids of the clients, by position."""
+        return self._clients
+
+    @property
+    def losses(self) -> list[float]:
+        return self._server.losses if self._server is not None else []
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every live tensor by ownership name (``llm.…``, ``soft.…``)."""
+        out: dict[str, torch.Tensor] = {}
+        for prefix, module in self.recommender.trained_modules().items():
+            for name, t in [*module.named_parameters(), *module.named_buffers()]:
+                out[f"{prefix}.{name}"] = t
+        return out
+
+    def shared_tensors(self) -> dict[str, torch.Tensor]:
+        """The live global tensors: what the server holds and sends."""
+        every = self.tensors()
+        return {name: every[name] for name in self.ownership.names(*SHARED)}
+
+    def load_shared(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite the live global tensors (a client receiving the server's model)."""
+        live = self.shared_tensors()
+        if tensors.keys() != live.keys():
+            raise FedLLMRecError(
+                f"shared tensors differ from the model's: {sorted(set(tensors) ^ set(live))}"
+            )
+        with torch.no_grad():
+            for name, value in tensors.items():
+                live[name].copy_(value)
+
+    def private_state(self, client: int) -> dict[str, torch.Tensor]:
+        """Client ``client``'s private adapter (the fresh one if it never trained)."""
+        return self._private.get(int(client), self._fresh_private)
+
+    def _use_private(self, client: int) -> None:
+        every = self.tensors()
+        with torch.no_grad():
+            for name, value in self.private_state(client).items():
+                every[name].copy_(value)
+
+    # ------------------------------------------------------------------ a round
+
+    def train_round(self) -> float:
+        """One federated round; returns the participants' example-weighted local loss."""
+        plan = self.plan_round()
+        aggregator = self.new_aggregator(plan.number)
+        self.local_training(
+            plan.survivors, plan.number, plan.sent, aggregator.add, cohort=len(plan.participants)
+        )
+        return self.finish_round(plan, aggregator)
+
+    def train_epoch(self) -> float:
+        """The trainer's unit of training: one round."""
+        return self.train_round()
+
+    def plan_round(self) -> RoundPlan:
+        return plan_round(
+            self.server, self.n_clients, self.federation.strategy, self.shared_tensors()
+        )
+
+    def local_training(
+        self,
+        positions: np.ndarray,
+        round_: int,
+        sent: Mapping[str, torch.Tensor],
+        emit: Callable[[Part], None],
+        cohort: int | None = None,
+        secure: bool | None = None,
+    ) -> None:
+        """Each client at ``positions`` trains from ``sent`` with its private adapter,
+        keeps the new private adapter, and uploads its global delta through the seam."""
+        rec, own, local = self.recommender, self.ownership, self.federation.local
+        cohort = len(positions) if cohort is None else cohort
+        seam, close = self.open_seam(round_, cohort, emit, secure)
+        shared = own.names(*SHARED)
+        private = own.private_parameters()
+        every = self.tensors()
+        trained = list(rec.trainable_parameters().values())
+        for position in np.asarray(positions).tolist():
+            client = int(self._clients[position])
+            self.load_shared(sent)
+            self._use_private(client)
+            optimizer: torch.optim.Optimizer = (
+                torch.optim.Adam(trained, lr=local.lr)
+                if local.optimizer == "adam"
+                else torch.optim.SGD(trained, lr=local.lr)
+            )
+            rng = np.random.default_rng([self.federation.seed, round_, client])
+            rows = self._client_rows[position]
+            loss = rec.train_steps(rows, local.steps, optimizer, rng)
+            delta = {name: (every[name].detach() - sent[name])[None] for name in shared}
+            self._private[client] = {name: every[name].detach().clone() for name in private}
+            seam(
+                Uploads.dense(
+                    np.array([position]),
+                    torch.tensor([float(rows.shape[0])], dtype=torch.float64),
+                    torch.tensor([loss], dtype=torch.float32),
+                    torch.zeros((1, 0), dtype=torch.long),
+                    delta,
+                    own,
+                )
+            )
+        self.load_shared(sent)  # the server's tensors move only when the round finishes
+        close()
+
+    # ------------------------------------------------------------------ scoring
+
+    def score(self, users: np.ndarray, items: np.ndarray, history: UserItemSet) -> np.ndarray:
+        """Each row scored with the global tensors and its client's private adapter (its
+        domain's, or its user's)."""
+        rec = self.recommender
+        assert rec.split is not None
+        items = np.asarray(items, dtype=np.int64)
+        if self.federation.partition == "domain":
+            owner = rec.split.dataset.item_domain[items[:, 0]].astype(np.int64)
+        else:
+            owner = np.asarray(users, dtype=np.int64)
+        out = np.empty(items.shape, dtype=np.float32)
+        for client in np.unique(owner).tolist():
+            rows = np.flatnonzero(owner == client)
+            self._use_private(client)
+            out[rows] = rec.score(np.asarray(users)[rows], items[rows], history)
+        return out
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Global tensors, every client's private adapter, server state and RNG."""
+        server = self.server.state_dict()
+        return {
+            "shared": {k: v.detach().clone() for k, v in self.shared_tensors().items()},
+            "private": {str(c): dict(v) for c, v in self._private.items()},
+            "model_rng": self.recommender.rng.bit_generator.state,
+            **server,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.load_shared(state["shared"])
+        self._private = {int(c): dict(v) for c, v in state["private"].items()}
+        self.server.load_state_dict(state)
+        self.recommender.rng.bit_generator.state = state["model_rng"]
