@@ -188,7 +188,8 @@ def llm_table(out: Path, parallel: int, extra: list[str]) -> None:
             jobs.append(TrainJob(row.recipe, name, overrides, out / name))
     wall = run_jobs(jobs, parallel)
     results = {job.run: run_metrics(job.out) for job in jobs}
-    results[SOURCE_ON_SUBSET] = score_on_subset(out / SOURCE, LLM_ROWS[1].recipe)
+    subset = next(r for r in LLM_ROWS if r.name == "llm-fed").recipe  # its test users
+    results[SOURCE_ON_SUBSET] = score_on_subset(out / SOURCE, subset)
     rows = [Row(SOURCE_ON_SUBSET, "FKD student alone (the soft tokens' source)", source.recipe),
             *LLM_ROWS]  # fmt: skip
     table = render(rows, results, quick=False, columns=LLM_COLUMNS)

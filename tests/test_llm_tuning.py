@@ -4,11 +4,14 @@ save/load, and federated domain clients whose private adapter never leaves them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from fedllmrec.data.schema import RecDataset
+from fedllmrec.data.sequences import observed_sequences
 from fedllmrec.data.split import Split, leave_one_out
 from fedllmrec.federated.adapters import FederatedLLM
 from fedllmrec.federated.config import FederationConfig, LocalConfig
@@ -109,11 +112,12 @@ def test_fresh_adapters_score_as_the_frozen_model_and_own_their_tensors(
     assert all(p.requires_grad for p in adapter_tensors(naive.model, GLOBAL).values())
 
 
-def test_training_lowers_the_ranking_loss_and_a_checkpoint_restores_the_scores(
-    ao_split: Split, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
-    """A few steps on the same rows lower their loss; the state dict restores the exact
-    scores in a fresh model; peft's save_pretrained / from_pretrained too."""
+def test_training_lowers_the_ranking_loss_and_a_checkpoint_resumes_it(
+    ao_split: Split, tmp_path: Path
+) -> None:
+    """A few steps on one row lower its loss (it can fit); the state dict restores the
+    exact scores in a fresh model and resumes training exactly (optimiser and draws); peft's
+    save_pretrained / from_pretrained restore the scores too."""
     rec = TunedLLMRecommender(tuned("lora", train_users=1, batch_rows=1)).setup(ao_split)
     assert rec.rows is not None and len(rec.rows) == 2  # one user per domain, one row each
     rows = np.arange(1)
@@ -130,6 +134,8 @@ def test_training_lowers_the_ranking_loss_and_a_checkpoint_restores_the_scores(
     assert not np.array_equal(again.score(users, items, history), scores)
     again.load_state_dict(state)
     np.testing.assert_array_equal(again.score(users, items, history), scores)
+    assert again.train_epoch() == rec.train_epoch()  # the same draws, the same Adam state
+    scores = rec.score(users, items, history)  # after that epoch: what is saved next
     assert rec.model is not None
     save_adapters(rec.model, tmp_path / "adapters")  # type: ignore[arg-type]
     assert (tmp_path / "adapters" / GLOBAL / "adapter_model.safetensors").is_file()
@@ -153,6 +159,14 @@ def test_soft_tokens_read_the_students_vectors_and_train(
     office = int(np.flatnonzero(ds.item_domain == 1)[5])
     slot, local = int(soft.slot[office]), int(soft.local_index[office])
     assert slot == 1 and torch.equal(soft.features[slot, local], features[office])
+    # The user state and ID vectors are what the student scores with (its score is their
+    # dot product: no item bias in this student).
+    users, items = rows_of(ao_split)
+    history = ao_split.observed("test")
+    seqs = [s[ds.item_domain[s] == 0] for s in observed_sequences(ao_split, history, users)]
+    states = student.user_states(seqs, np.zeros(len(seqs), dtype=np.int64))
+    dots = (states[:, None, :] * features[torch.from_numpy(items), :8]).sum(-1)
+    np.testing.assert_allclose(dots.numpy(), student.score(users, items, history), atol=1e-5)
     assert not any(p.requires_grad for p in rec.model.parameters())  # soft: the LLM frozen
     loss = rec.row_loss(0, np.random.default_rng(0))
     loss.backward()
@@ -202,11 +216,11 @@ def test_domain_clients_keep_their_private_adapter_and_send_the_global_one(
     for name in [n for n in private if ".lora_B." in n][:8]:  # (A's first gradient is 0: B = 0)
         assert kept[0][name].abs().sum() > 0  # each client trained its own
         assert not torch.equal(kept[0][name], kept[1][name])
-    for part, client in zip(parts, fed.clients.tolist(), strict=True):
-        assert set(part.deltas) == set(own.names(Owner.GLOBAL))
+    for index, (part, client) in enumerate(zip(parts, fed.clients.tolist(), strict=True)):
+        assert set(part.deltas) == set(own.names(Owner.GLOBAL))  # what the seam carries
         wire = part.client(0, client, own).to_bytes()
         for name in private:
-            raw = kept[client][name].contiguous().numpy().tobytes()
+            raw = kept[index][name].contiguous().numpy().tobytes()
             for i in range(0, len(raw) - 8, 4 * 97):  # a spread of 8-byte windows
                 window = raw[i : i + 8]
                 if window.strip(b"\x00"):
@@ -225,3 +239,21 @@ def test_domain_clients_keep_their_private_adapter_and_send_the_global_one(
     )
     torch.testing.assert_close(live[name].detach(), expected, rtol=1e-5, atol=1e-7)
     assert torch.equal(fed.tensors()[frozen_a], a_before)
+    # Each row is scored with its own domain's private adapter; a checkpoint restores all.
+    arts_users, arts = rows_of(ao_split, 1)
+    history = ao_split.observed("test")
+    scores = fed.score(arts_users, arts, history)
+    office = {n: v + 0.1 for n, v in fed.private_state(1).items()}
+    fed.load_state_dict(fed.state_dict() | {"private": {"0": kept[0], "1": office}})
+    np.testing.assert_array_equal(fed.score(arts_users, arts, history), scores)
+    arts_moved = {n: v + 0.1 for n, v in kept[0].items()}
+    fed.load_state_dict(fed.state_dict() | {"private": {"0": arts_moved, "1": office}})
+    assert not np.array_equal(fed.score(arts_users, arts, history), scores)
+    fed.load_state_dict(fed.state_dict() | {"private": {"0": kept[0], "1": office}})
+    state = fed.state_dict()
+    again = FederatedLLM(TunedLLMRecommender(tuned("lora", train_users=2)), fed.federation).setup(
+        ao_split
+    )
+    again.load_state_dict(state)
+    np.testing.assert_array_equal(again.score(arts_users, arts, history), scores)
+    assert torch.equal(again.private_state(1)[private[-1]], office[private[-1]])

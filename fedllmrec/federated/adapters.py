@@ -47,7 +47,10 @@ from fedllmrec.models.llm.tuned import TunedLLMRecommender
 def llm_ownership(recommender: TunedLLMRecommender, n_clients: int) -> Ownership:
     """The checked owner of every tensor of the adapted LLM and its projectors.
 
-    Names are ``llm.…`` (the peft model) and ``soft.…`` (the projectors). Raises
+    Names are ``llm.…`` (the peft model) and ``soft.…`` (the projectors). Private here
+    means what it means everywhere, never sent, but not "one row per client": the private
+    adapter is one live copy that :class:`FederatedLLM` swaps per client (it keeps each
+    client's copy), and the soft tokens' feature table has one slot per domain. Raises
     :class:`OwnershipError` when a frozen parameter trains or a trained one is frozen.
     """
     owners: dict[str, TensorOwner] = {}
@@ -104,6 +107,7 @@ class FederatedLLM(FederationServer):
     def setup(self, split: Split) -> Self:
         """Build the model, its ownership, the clients (and their rows) and the server."""
         rec, cfg = self.recommender, self.federation
+        self.check_options()
         rec.setup(split)
         rows = rec.rows
         assert rows is not None
@@ -111,21 +115,11 @@ class FederatedLLM(FederationServer):
             self._clients = np.unique(rows.domains)
             self._client_rows = [rows.of_domain(int(d)) for d in self._clients]
         else:
-            if rec.soft is not None:
-                raise FedLLMRecError(
-                    "soft tokens read per-domain item vectors: train them with domain clients "
-                    "(federated.partition = 'domain')"
-                )
             self._clients = np.unique(rows.users)
             self._client_rows = [np.flatnonzero(rows.users == u) for u in self._clients]
         if cfg.max_clients:  # the first clients by id, as for the sequential models
             self._clients = self._clients[: cfg.max_clients]
             self._client_rows = self._client_rows[: cfg.max_clients]
-        if cfg.engine == "linear":
-            raise FedLLMRecError(
-                "the LLM's clients train one at a time (the per-client loop): federated.engine "
-                "'linear' (the fused sum) does not apply"
-            )
         self._ownership = llm_ownership(rec, len(self._clients))
         self._server = ServerState.fresh(cfg, (0, 0), len(self._clients))
         every = self.tensors()
@@ -136,6 +130,25 @@ class FederatedLLM(FederationServer):
         self._private = {}
         self.setup_privacy()
         return self
+
+    def check_options(self) -> None:
+        """Refuse federation options this trainer does not implement (before any loading)."""
+        cfg, rec = self.federation, self.recommender
+        problems = []
+        if cfg.engine != "loop":
+            problems.append(f"engine {cfg.engine!r}: the LLM's clients train in a loop ('loop')")
+        if cfg.strategy.proximal_mu:
+            problems.append("strategy.proximal_mu: FedProx is not implemented for the LLM")
+        if cfg.local.length_buckets:
+            problems.append("local.length_buckets: the LLM's rows are not windows")
+        if cfg.local.batch_size:
+            problems.append("local.batch_size: the rows per step are model.train.batch_rows")
+        if cfg.partition == "user" and rec.config.uses_soft:
+            problems.append(
+                "partition 'user': soft tokens read per-domain item vectors (domain clients)"
+            )
+        if problems:
+            raise FedLLMRecError("federated LLM: " + "; ".join(problems))
 
     # ------------------------------------------------------------------ views
 
@@ -188,11 +201,14 @@ class FederatedLLM(FederationServer):
             for name, value in tensors.items():
                 live[name].copy_(value)
 
-    def private_state(self, client: int) -> dict[str, torch.Tensor]:
-        """Client ``client``'s private adapter (the fresh one if it never trained)."""
+    def private_state(self, client: int | None) -> dict[str, torch.Tensor]:
+        """Client ``client``'s private adapter (the fresh one if it never trained or for
+        ``None``)."""
+        if client is None:
+            return self._fresh_private
         return self._private.get(int(client), self._fresh_private)
 
-    def _use_private(self, client: int) -> None:
+    def _use_private(self, client: int | None) -> None:
         every = self.tensors()
         with torch.no_grad():
             for name, value in self.private_state(client).items():
@@ -236,31 +252,36 @@ class FederatedLLM(FederationServer):
         private = own.private_parameters()
         every = self.tensors()
         trained = list(rec.trainable_parameters().values())
-        for position in np.asarray(positions).tolist():
-            client = int(self._clients[position])
-            self.load_shared(sent)
-            self._use_private(client)
-            optimizer: torch.optim.Optimizer = (
-                torch.optim.Adam(trained, lr=local.lr)
-                if local.optimizer == "adam"
-                else torch.optim.SGD(trained, lr=local.lr)
-            )
-            rng = np.random.default_rng([self.federation.seed, round_, client])
-            rows = self._client_rows[position]
-            loss = rec.train_steps(rows, local.steps, optimizer, rng)
-            delta = {name: (every[name].detach() - sent[name])[None] for name in shared}
-            self._private[client] = {name: every[name].detach().clone() for name in private}
-            seam(
-                Uploads.dense(
-                    np.array([position]),
-                    torch.tensor([float(rows.shape[0])], dtype=torch.float64),
-                    torch.tensor([loss], dtype=torch.float32),
-                    torch.zeros((1, 0), dtype=torch.long),
-                    delta,
-                    own,
+        try:
+            for position in np.asarray(positions).tolist():
+                client = int(self._clients[position])
+                self.load_shared(sent)
+                self._use_private(client)
+                optimizer: torch.optim.Optimizer = (
+                    torch.optim.Adam(trained, lr=local.lr)
+                    if local.optimizer == "adam"
+                    else torch.optim.SGD(trained, lr=local.lr)
                 )
-            )
-        self.load_shared(sent)  # the server's tensors move only when the round finishes
+                rng = np.random.default_rng([self.federation.seed, round_, client])
+                rows = self._client_rows[position]
+                loss = rec.train_steps(rows, local.steps, optimizer, rng)
+                delta = {name: (every[name].detach() - sent[name])[None] for name in shared}
+                self._private[client] = {name: every[name].detach().clone() for name in private}
+                seam(
+                    Uploads.dense(
+                        np.array([position]),
+                        torch.tensor([float(rows.shape[0])], dtype=torch.float64),
+                        torch.tensor([loss], dtype=torch.float32),
+                        torch.zeros((1, 0), dtype=torch.long),
+                        delta,
+                        own,
+                    )
+                )
+        finally:
+            # The server's tensors move only when the round finishes, and no client's
+            # private adapter stays in the live model once its turn is over.
+            self.load_shared(sent)
+            self._use_private(None)
         close()
 
     # ------------------------------------------------------------------ scoring
@@ -276,10 +297,13 @@ class FederatedLLM(FederationServer):
         else:
             owner = np.asarray(users, dtype=np.int64)
         out = np.empty(items.shape, dtype=np.float32)
-        for client in np.unique(owner).tolist():
-            rows = np.flatnonzero(owner == client)
-            self._use_private(client)
-            out[rows] = rec.score(np.asarray(users)[rows], items[rows], history)
+        try:
+            for client in np.unique(owner).tolist():
+                rows = np.flatnonzero(owner == client)
+                self._use_private(client)
+                out[rows] = rec.score(np.asarray(users)[rows], items[rows], history)
+        finally:
+            self._use_private(None)
         return out
 
     # ------------------------------------------------------------------ state

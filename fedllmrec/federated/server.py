@@ -42,9 +42,10 @@ class FederationServer:
 
     federation: FederationConfig
     transforms: Sequence[UploadTransform]
-    _release: DPRelease | None
-    _client_privacy: ClientPrivacy | None
-    _withheld: tuple[str, ...]
+    # Set by setup_privacy(); the defaults make "call setup() first" the error before it.
+    _release: DPRelease | None = None
+    _client_privacy: ClientPrivacy | None = None
+    _withheld: tuple[str, ...] = ()
 
     @property
     def server(self) -> ServerState:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+import torch
 from rich.console import Console
 
 from fedllmrec.data.prepare import SAMPLED_NEGATIVES, Prepared, prepare
@@ -346,8 +347,11 @@ def load_trained(run_dir: str | Path, prepared: Prepared | None = None) -> Model
     model = recipe.build_model(prepared)
     if not isinstance(model, Trainable):
         raise FedLLMRecError(f"{run}: a {type(model).__name__} has no trained state to load")
-    model.setup(prepared.split)
-    model.load_state_dict(load_checkpoint(run / BEST)["model"])
+    # Set up as the trainer did (seeded); loading restores RNG states the caller must keep.
+    with torch.random.fork_rng():
+        torch.manual_seed(recipe.trainer.seed)
+        model.setup(prepared.split)
+        model.load_state_dict(load_checkpoint(run / BEST)["model"])
     return model
 
 

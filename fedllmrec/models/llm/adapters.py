@@ -59,7 +59,6 @@ class AdapterConfig:
     private: bool = True
     private_weight: float = 1.0
     aggregation: Literal["frozen_a", "naive"] = "frozen_a"
-    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -73,11 +72,12 @@ class AdapterConfig:
         return [GLOBAL, PRIVATE] if self.private else [GLOBAL]
 
 
-def add_adapters(model: PreTrainedModel, config: AdapterConfig) -> PeftModel:
+def add_adapters(model: PreTrainedModel, config: AdapterConfig, seed: int = 0) -> PeftModel:
     """Wrap the frozen ``model`` with the configured adapters, all active.
 
-    ``B`` starts at zero (peft's default), so the wrapped model scores exactly as the
-    frozen one until it trains.
+    ``seed`` draws the initial ``A`` factors (every client of a run draws the same global
+    ``A``: FFA-LoRA needs it identical everywhere). ``B`` starts at zero (peft's default),
+    so the wrapped model scores exactly as the frozen one until it trains.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -89,7 +89,7 @@ def add_adapters(model: PreTrainedModel, config: AdapterConfig) -> PeftModel:
         bias="none",
     )
     with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
+        torch.manual_seed(seed)
         peft_model = get_peft_model(model, lora, adapter_name=GLOBAL)
         if config.private:
             peft_model.add_adapter(PRIVATE, lora)

@@ -51,14 +51,15 @@ class LLMTrainConfig:
     Parameters
     ----------
     lr, weight_decay : float
-        AdamW on the adapters and projectors.
+        AdamW on the adapters and projectors (centralized training; a federated client
+        uses ``federated.local``'s optimiser, steps and learning rate instead).
     steps_per_epoch : int
-        Optimiser steps per epoch (a federated round: local steps per client).
+        Optimiser steps per epoch (centralized training).
     batch_rows : int
         Training rows per optimiser step (each row: one user's next training item among
         ``negatives`` others, its prompt run once).
     negatives : int
-        Uniform negatives per row, from the row's domain, never an item the user touched.
+        Uniform negatives per row, from the row's domain, never an item the user trained on.
     train_users : int
         Users per domain whose rows train (a seeded subset; 0: every user).
     rows_per_user : int
@@ -183,7 +184,10 @@ class LLMRecommender:
         cfg = self.config
         self.split = split
         model, tokenizer = load_llm(cfg.llm)
-        self.model = add_adapters(model, cfg.adapters) if cfg.uses_adapters else model
+        # One seed for the run: the adapters' initial A (the same on every client) follows it.
+        self.model = (
+            add_adapters(model, cfg.adapters, cfg.train.seed) if cfg.uses_adapters else model
+        )
         titles = split.dataset.items.column("title").to_pylist()
         template = load_rank_prompt(cfg.prompt_file, cfg.prompt_table)
         template = dataclasses.replace(
@@ -206,6 +210,7 @@ class LLMRecommender:
                     split.dataset.item_domain,
                     user_dim=probe.shape[1],
                     llm_dim=model.config.hidden_size,
+                    # a Tensor; transformers annotates it Tensor | Module
                     token_norm=token_norm(model.get_input_embeddings().weight),  # type: ignore[arg-type]
                     config=cfg.soft,
                 )
@@ -246,10 +251,8 @@ class LLMRecommender:
         state = self.source.user_states([seq], np.array([domain]))[0]
         return self.soft.inject(embeds, prompt, state)
 
-    def score_row(
-        self, prompt: EncodedPrompt, embeds: torch.Tensor, shown: np.ndarray
-    ) -> torch.Tensor:
-        """Scores (K,) of the ``shown`` candidates after the prompt."""
+    def score_row(self, embeds: torch.Tensor, shown: np.ndarray) -> torch.Tensor:
+        """Scores (K,) of the ``shown`` candidates after the prompt's embeddings (P, H)."""
         assert self.model is not None and self.prompts is not None
         return score_candidates(
             self.model,
@@ -272,5 +275,5 @@ class LLMRecommender:
             embeds = self.prompt_embeds(
                 encoded, self.domain_history(seq, items[r]), int(item_domain[items[r, 0]])
             )
-            out[r, order] = self.score_row(encoded, embeds, shown).float().numpy()
+            out[r, order] = self.score_row(embeds, shown).float().numpy()
         return out

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedllmrec.data.sequences import user_sequences
-from fedllmrec.data.split import TRAIN, Split
+from fedllmrec.data.split import TRAIN, Split, UserItemSet
+from fedllmrec.errors import FedLLMRecError
 
 
 @dataclass(frozen=True)
@@ -64,18 +65,20 @@ def training_rows(
 
 
 def sample_negatives(
-    split: Split, pool: np.ndarray, user: int, n: int, rng: np.random.Generator
+    trained: UserItemSet, pool: np.ndarray, user: int, n: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """``n`` distinct items of ``pool`` (a domain's active items) the user never touched,
-    uniformly."""
-    touched = set(split.touched.items_of(user).tolist())
-    if pool.shape[0] - len(touched) < n:
-        raise ValueError(f"fewer than {n} items of the domain that user {user} never touched")
+    """``n`` distinct items of ``pool`` (a domain's active items) that ``user`` has no
+    training interaction with (``trained``: the training pairs), uniformly."""
+    own = trained.items_of(user)
+    seen = set(own[np.isin(own, pool)].tolist())
+    if pool.shape[0] - len(seen) < n:
+        raise FedLLMRecError(
+            f"user {user}: fewer than {n} items of the domain to draw as negatives"
+        )
     out: list[int] = []
-    seen: set[int] = set()
     while len(out) < n:
         for item in rng.choice(pool, size=2 * n).tolist():
-            if item not in touched and item not in seen:
+            if item not in seen:
                 seen.add(item)
                 out.append(item)
                 if len(out) == n:

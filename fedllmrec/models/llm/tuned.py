@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedllmrec.data.split import Split
+from fedllmrec.data.split import Split, UserItemSet
 from fedllmrec.errors import FedLLMRecError
 from fedllmrec.models.llm.recommender import LLMRecConfig, LLMRecommender
 from fedllmrec.models.llm.rows import TrainingRows, sample_negatives, training_rows
@@ -44,6 +44,7 @@ class TunedLLMRecommender(LLMRecommender):
         self.optimizer: torch.optim.Optimizer | None = None
         self.rng = np.random.default_rng(self.config.train.seed)
         self._pools: dict[int, np.ndarray] = {}
+        self._trained: UserItemSet | None = None
         self._states: torch.Tensor | None = None  # (R, D) the source's state of each row
 
     # ------------------------------------------------------------------ setup
@@ -56,6 +57,7 @@ class TunedLLMRecommender(LLMRecommender):
         if len(self.rows) == 0:
             raise FedLLMRecError("no training rows: no user has two training items in a domain")
         self._pools = {d: split.active_items(d) for d in np.unique(self.rows.domains).tolist()}
+        self._trained = split.observed("valid")  # training pairs: never a held-out one
         if self.soft is not None:
             assert self.source is not None
             self._states = self.source.user_states(self.rows.histories, self.rows.domains)
@@ -92,10 +94,10 @@ class TunedLLMRecommender(LLMRecommender):
     def row_loss(self, row: int, rng: np.random.Generator) -> torch.Tensor:
         """Cross-entropy of training row ``row``'s target among its sampled candidates."""
         assert self.rows is not None and self.split is not None and self.prompts is not None
-        assert self.model is not None
+        assert self.model is not None and self._trained is not None
         rows, n = self.rows, self.config.train.negatives
         user, domain = int(rows.users[row]), int(rows.domains[row])
-        negatives = sample_negatives(self.split, self._pools[domain], user, n, rng)
+        negatives = sample_negatives(self._trained, self._pools[domain], user, n, rng)
         candidates = np.concatenate([[rows.targets[row]], negatives])
         order = rng.permutation(candidates.shape[0])
         shown = candidates[order]
@@ -104,7 +106,7 @@ class TunedLLMRecommender(LLMRecommender):
         if self.soft is not None:
             assert self._states is not None
             embeds = self.soft.inject(embeds, prompt, self._states[row])
-        scores = self.score_row(prompt, embeds, shown)  # (K,)
+        scores = self.score_row(embeds, shown)  # (K,)
         target = torch.tensor([int(np.flatnonzero(order == 0)[0])])
         return F.cross_entropy(scores[None].float(), target)
 
