@@ -37,7 +37,7 @@ from fedllmrec.federated.ownership import (
     TensorOwner,
     declared_ownership,
 )
-from fedllmrec.federated.round import RoundPlan, ServerState, plan_round
+from fedllmrec.federated.round import ServerState
 from fedllmrec.federated.server import FederationServer
 from fedllmrec.federated.uploads import Part, Uploads, UploadTransform
 from fedllmrec.models.llm.adapters import adapter_owner
@@ -153,18 +153,6 @@ class FederatedLLM(FederationServer):
     # ------------------------------------------------------------------ views
 
     @property
-    def ownership(self) -> Ownership:
-        if self._ownership is None:
-            raise RuntimeError("call setup() first")
-        return self._ownership
-
-    @property
-    def server(self) -> ServerState:
-        if self._server is None:
-            raise RuntimeError("call setup() first")
-        return self._server
-
-    @property
     def n_clients(self) -> int:
         return int(self._clients.shape[0])
 
@@ -172,10 +160,6 @@ class FederatedLLM(FederationServer):
     def clients(self) -> np.ndarray:
         """Domain (or user) ids of the clients, by position."""
         return self._clients
-
-    @property
-    def losses(self) -> list[float]:
-        return self._server.losses if self._server is not None else []
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every live tensor by ownership name (``llm.…``, ``soft.…``)."""
@@ -189,17 +173,6 @@ class FederatedLLM(FederationServer):
         """The live global tensors: what the server holds and sends."""
         every = self.tensors()
         return {name: every[name] for name in self.ownership.names(*SHARED)}
-
-    def load_shared(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Overwrite the live global tensors (a client receiving the server's model)."""
-        live = self.shared_tensors()
-        if tensors.keys() != live.keys():
-            raise FedLLMRecError(
-                f"shared tensors differ from the model's: {sorted(set(tensors) ^ set(live))}"
-            )
-        with torch.no_grad():
-            for name, value in tensors.items():
-                live[name].copy_(value)
 
     def private_state(self, client: int | None) -> dict[str, torch.Tensor]:
         """Client ``client``'s private adapter (the fresh one if it never trained or for
@@ -228,11 +201,6 @@ class FederatedLLM(FederationServer):
     def train_epoch(self) -> float:
         """The trainer's unit of training: one round."""
         return self.train_round()
-
-    def plan_round(self) -> RoundPlan:
-        return plan_round(
-            self.server, self.n_clients, self.federation.strategy, self.shared_tensors()
-        )
 
     def local_training(
         self,

@@ -21,7 +21,7 @@ from fedllmrec.federated.aggregation import RoundAggregator
 from fedllmrec.federated.config import FederationConfig
 from fedllmrec.federated.ownership import Owner, Ownership
 from fedllmrec.federated.privacy import Accountant, ClientPrivacy, DPRelease, SecureSum
-from fedllmrec.federated.round import RoundPlan, ServerState, finish_round
+from fedllmrec.federated.round import RoundPlan, ServerState, finish_round, plan_round
 from fedllmrec.federated.uploads import (
     Part,
     Uploads,
@@ -36,8 +36,9 @@ from fedllmrec.federated.uploads import (
 class FederationServer:
     """Seam, aggregation, DP and records over a federation's ownership and server state.
 
-    A subclass provides ``federation``, ``transforms``, ``server``, ``ownership``,
-    ``n_clients`` and ``shared_tensors()``, and calls :meth:`setup_privacy` in its setup.
+    A subclass provides ``federation``, ``transforms``, ``n_clients`` and
+    ``shared_tensors()``, sets ``_ownership`` and ``_server`` and calls
+    :meth:`setup_privacy` in its setup.
     """
 
     federation: FederationConfig
@@ -47,13 +48,27 @@ class FederationServer:
     _client_privacy: ClientPrivacy | None = None
     _withheld: tuple[str, ...] = ()
 
-    @property
-    def server(self) -> ServerState:
-        raise NotImplementedError
+    _ownership: Ownership | None = None
+    _server: ServerState | None = None
 
     @property
     def ownership(self) -> Ownership:
-        raise NotImplementedError
+        """Owners of every tensor of the federated model."""
+        if self._ownership is None:
+            raise RuntimeError("call setup() first")
+        return self._ownership
+
+    @property
+    def server(self) -> ServerState:
+        """What the server keeps across rounds: optimiser, routing load, generator, records."""
+        if self._server is None:
+            raise RuntimeError("call setup() first")
+        return self._server
+
+    @property
+    def losses(self) -> list[float]:
+        """Each round's participants' example-weighted local loss (none before setup)."""
+        return self._server.losses if self._server is not None else []
 
     @property
     def n_clients(self) -> int:
@@ -61,7 +76,30 @@ class FederationServer:
         raise NotImplementedError
 
     def shared_tensors(self) -> dict[str, torch.Tensor]:
+        """The live global and group tensors: what the server holds and sends."""
         raise NotImplementedError
+
+    def check_shared(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Refuse received shared tensors whose names are not exactly the model's."""
+        live = self.shared_tensors()
+        if tensors.keys() != live.keys():
+            raise FedLLMRecError(
+                f"shared tensors differ from the model's: {sorted(set(tensors) ^ set(live))}"
+            )
+
+    def load_shared(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite the live shared tensors (a node receiving the server's model)."""
+        self.check_shared(tensors)
+        live = self.shared_tensors()
+        with torch.no_grad():
+            for name, value in tensors.items():
+                live[name].copy_(value)
+
+    def plan_round(self) -> RoundPlan:
+        """Sample and drop this round's clients; snapshot the tensors they are sent."""
+        return plan_round(
+            self.server, self.n_clients, self.federation.strategy, self.shared_tensors()
+        )
 
     def setup_privacy(self, withheld: Sequence[str] = ()) -> None:
         """The server's DP release and the clients' protections from ``federation.privacy``;

@@ -40,10 +40,8 @@ from fedllmrec.federated.ownership import (
 from fedllmrec.federated.population import ClientPopulation
 from fedllmrec.federated.privacy import ClientPrivacy, DPRelease
 from fedllmrec.federated.round import (
-    RoundPlan,
     ServerState,
     chunk_clients,
-    plan_round,
 )
 from fedllmrec.federated.server import FederationServer
 from fedllmrec.federated.uploads import (
@@ -166,24 +164,11 @@ class FederatedRecommender(FederationServer):
         return self._net
 
     @property
-    def ownership(self) -> Ownership:
-        if self._ownership is None:
-            raise RuntimeError("call setup() first")
-        return self._ownership
-
-    @property
     def population(self) -> ClientPopulation:
         """The clients: their windows, example counts and window draws."""
         if self._population is None:
             raise RuntimeError("call setup() first")
         return self._population
-
-    @property
-    def server(self) -> ServerState:
-        """What the server keeps across rounds: optimiser, routing load, generator, records."""
-        if self._server is None:
-            raise RuntimeError("call setup() first")
-        return self._server
 
     @property
     def n_clients(self) -> int:
@@ -195,11 +180,6 @@ class FederatedRecommender(FederationServer):
         return self.population.ids
 
     @property
-    def losses(self) -> list[float]:
-        """Each round's participants' example-weighted local loss (none before setup)."""
-        return self._server.losses if self._server is not None else []
-
-    @property
     def engine(self) -> Engine:
         """The engine that computes the simulator's local training."""
         return engine_for(self.federation.engine)
@@ -208,22 +188,6 @@ class FederatedRecommender(FederationServer):
         """The live global and group tensors: what the server holds and sends."""
         every = dict(self.net.named_parameters())
         return {name: every[name] for name in self.ownership.names(*SHARED)}
-
-    def check_shared(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Refuse received shared tensors whose names are not exactly the model's."""
-        live = self.shared_tensors()
-        if tensors.keys() != live.keys():
-            raise FedLLMRecError(
-                f"shared tensors differ from the model's: {sorted(set(tensors) ^ set(live))}"
-            )
-
-    def load_shared(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Overwrite the live shared tensors (a node receiving the server's model)."""
-        self.check_shared(tensors)
-        live = self.shared_tensors()
-        with torch.no_grad():
-            for name, value in tensors.items():
-                live[name].copy_(value)
 
     def private_rows(self, positions: np.ndarray) -> dict[str, torch.Tensor]:
         """Copies of the trainable private rows (C, ...) of the clients at ``positions``."""
@@ -261,12 +225,6 @@ class FederatedRecommender(FederationServer):
     def train_epoch(self) -> float:
         """The trainer's unit of training: one round (:meth:`train_round`)."""
         return self.train_round()
-
-    def plan_round(self) -> RoundPlan:
-        """Sample and drop this round's clients; snapshot the tensors they are sent."""
-        return plan_round(
-            self.server, len(self.population), self.federation.strategy, self.shared_tensors()
-        )
 
     def local_training(
         self,
