@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -91,7 +91,6 @@ class FederatedLLM(FederationServer):
         Extra upload transforms (the seam runs them before the client's protections).
     """
 
-    unit: ClassVar[str] = "round"
     recommender: TunedLLMRecommender
     federation: FederationConfig = field(default_factory=FederationConfig)
     transforms: Sequence[UploadTransform] = ()
@@ -197,10 +196,6 @@ class FederatedLLM(FederationServer):
             plan.survivors, plan.number, plan.sent, aggregator.add, cohort=len(plan.participants)
         )
         return self.finish_round(plan, aggregator)
-
-    def train_epoch(self) -> float:
-        """The trainer's unit of training: one round."""
-        return self.train_round()
 
     def local_training(
         self,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -48,8 +48,17 @@ class FederationServer:
     _client_privacy: ClientPrivacy | None = None
     _withheld: tuple[str, ...] = ()
 
+    unit: ClassVar[str] = "round"  # the trainer's logs and curve call a train_epoch() a round
     _ownership: Ownership | None = None
     _server: ServerState | None = None
+
+    def train_round(self) -> float:
+        """One federated round; returns the participants' example-weighted local loss."""
+        raise NotImplementedError
+
+    def train_epoch(self) -> float:
+        """The trainer's unit of training: one round (:meth:`train_round`)."""
+        return self.train_round()
 
     @property
     def ownership(self) -> Ownership:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -66,7 +66,6 @@ class FederatedRecommender(FederationServer):
         The upload seam: every client upload passes them in order before aggregation.
     """
 
-    unit: ClassVar[str] = "round"  # the trainer's logs and curve call a train_epoch() a round
     recommender: SequentialRecommender
     federation: FederationConfig = field(default_factory=FederationConfig)
     transforms: Sequence[UploadTransform] = ()
@@ -221,10 +220,6 @@ class FederatedRecommender(FederationServer):
             cohort=len(plan.participants),
         )
         return self.finish_round(plan, aggregator)
-
-    def train_epoch(self) -> float:
-        """The trainer's unit of training: one round (:meth:`train_round`)."""
-        return self.train_round()
 
     def local_training(
         self,
