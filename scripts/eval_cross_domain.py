@@ -123,6 +123,9 @@ LLM_COLUMNS: tuple[tuple[str, str], ...] = (
     ("1+19 HR@1", "sampled-19/{d}HR@1"),
     ("1+19 HR@5", "sampled-19/{d}HR@5"),
     ("1+19 NDCG@5", "sampled-19/{d}NDCG@5"),
+    ("top-20 recall", "retrieved-20/{d}recall@20"),  # the realistic mode (eval/retrieved.py)
+    ("top-20 HR@1", "retrieved-20/{d}HR@1"),
+    ("HR@1 within", "retrieved-20/{d}within/HR@1"),
 )
 
 COLUMNS: tuple[tuple[str, str], ...] = (

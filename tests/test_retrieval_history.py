@@ -92,3 +92,53 @@ def test_cli_retrieve_prints_unseen_candidates(data_root: Path, ml100k_prepared:
     listed = [line.split("│")[2].strip() for line in out.splitlines() if line.count("│") >= 5]
     assert len(listed) == 5
     assert seen.isdisjoint(listed)
+
+
+class _TargetFirst:
+    """A scorer that knows the held-out item: the target scores 1, every other item 0."""
+
+    def __init__(self, prepared: Prepared) -> None:
+        ds, split = prepared.dataset, prepared.split
+        rows = split.rows("test")
+        self.target = dict(zip(ds.user[rows].tolist(), ds.item[rows].tolist(), strict=True))
+
+    def score(self, users: np.ndarray, items: np.ndarray, history: object) -> np.ndarray:
+        target = np.array([self.target[int(u)] for u in users])
+        return (items == target[:, None]).astype(np.float32)
+
+
+def test_retrieved_lists_exclude_touched_items_are_saved_and_rank_end_to_end(
+    ml100k_prepared: Prepared, vectors: np.ndarray
+) -> None:
+    from fedllmrec.eval.evaluators import RankingEvaluator
+    from fedllmrec.eval.retrieved import retrieved_lists
+
+    split = ml100k_prepared.split
+    lists = retrieved_lists(ml100k_prepared, "test")
+    assert lists.items.shape == (943, 20)
+    touched = exclusions(split, lists.users, keep=lists.targets)
+    for r in range(lists.users.shape[0]):
+        assert not np.isin(lists.items[r], touched[r]).any()  # only the target may be seen
+    # The lists are the in-domain history query's exact top 20 (ml-100k: one domain).
+    queries, _ = history_queries(vectors, split.observed("test"), lists.users[:30])
+    brute = queries @ vectors.T
+    np.testing.assert_allclose(
+        np.take_along_axis(brute, lists.items[:30], axis=1), lists.scores[:30], atol=1e-5
+    )
+    saved = list((ml100k_prepared.folder / "retrieved").glob("test-top20-*.npz"))
+    assert len(saved) == 1
+    again = retrieved_lists(ml100k_prepared, "test")  # read back from the saved file
+    np.testing.assert_array_equal(again.items, lists.items)
+
+    evaluator = RankingEvaluator(ml100k_prepared, modes=("retrieved-20",), ks=(1, 5))
+    oracle = evaluator(_TargetFirst(ml100k_prepared), "test")
+    recall = float(lists.found.mean())
+    assert 0 < recall < 1
+    assert oracle["retrieved-20/recall@20"] == pytest.approx(recall)
+    # A perfect ranker is capped by retrieval: HR@1 = recall, and 1 within the found rows.
+    assert oracle["retrieved-20/HR@1"] == pytest.approx(recall)
+    assert oracle["retrieved-20/within/HR@1"] == pytest.approx(1.0)
+    assert set(oracle) == set(evaluator.metric_names())
+    popular = evaluator(Popularity().fit(split), "test")
+    assert popular["retrieved-20/HR@5"] <= popular["retrieved-20/recall@20"]
+    assert popular["retrieved-20/within/HR@1"] < 1.0

@@ -99,16 +99,19 @@ def _available(pool: np.ndarray, user: int, touched: UserItemSet) -> int:
     return pool.shape[0] - int(np.isin(touched.items_of(user), pool).sum())
 
 
-def _sample_excluding(
+def sample_excluding(
     rng: np.random.Generator,
     pool: np.ndarray,
     n: int,
     user: int,
     touched: UserItemSet,
 ) -> np.ndarray | None:
-    """``n`` distinct items of ``pool`` that ``user`` never touched, in random order.
+    """``n`` distinct items of ``pool`` (int32) that ``user`` has no pair with in
+    ``touched``, uniformly, in random order.
 
-    None when the user has fewer than ``n`` untouched items in the pool.
+    ``touched`` is whatever must be excluded: every split's pairs for evaluation
+    candidates, the training pairs only for training negatives. None when the user has
+    fewer than ``n`` such items in the pool.
     """
     seen = touched.items_of(user)
     available = pool.shape[0] - int(np.isin(seen, pool).sum())
@@ -161,7 +164,7 @@ def sample_candidates(
     items = np.empty((rows.shape[0], n_negatives + 1), dtype=np.int32)
     items[:, 0] = positives
     for r in range(rows.shape[0]):
-        drawn = _sample_excluding(rng, pools[domains[r]], n_negatives, int(users[r]), touched)
+        drawn = sample_excluding(rng, pools[domains[r]], n_negatives, int(users[r]), touched)
         if drawn is None:
             raise _too_few(split, role, n_negatives, users, domains, pools, r)
         items[r, 1:] = drawn

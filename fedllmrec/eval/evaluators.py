@@ -20,9 +20,11 @@ from fedllmrec.data.split import UserItemSet
 from fedllmrec.errors import FedLLMRecError
 from fedllmrec.eval.metrics import TiePolicy, click_metrics
 from fedllmrec.eval.ranking import Mode, evaluate_ranking
+from fedllmrec.eval.retrieved import RETRIEVED_K, evaluate_retrieved
 from fedllmrec.models.base import Recommender
 
-EvalMode = Literal["full", "sampled", "sampled-19"]  # sampled-19: the LLM protocol's 1 + 19
+# sampled-19: the LLM protocol's 1 + 19; retrieved-20: the top 20 retrieved (eval/retrieved.py)
+EvalMode = Literal["full", "sampled", "sampled-19", "retrieved-20"]
 EVAL_MODES: tuple[str, ...] = get_args(EvalMode)
 
 # Metrics where smaller is better; a monitor on one of these defaults to mode "min".
@@ -52,9 +54,11 @@ class RankingEvaluator:
     ----------
     prepared : Prepared
         The split and its saved candidates.
-    modes : sequence of {"full", "sampled", "sampled-19"}
-        Full ranking over the domain's items, 1 + ``n_negatives`` sampled, and/or the
-        LLM protocol's 1 + 19 lists (the first 19 saved negatives; keys ``sampled-19/...``).
+    modes : sequence of {"full", "sampled", "sampled-19", "retrieved-20"}
+        Full ranking over the domain's items, 1 + ``n_negatives`` sampled, the LLM
+        protocol's 1 + 19 lists (the first 19 saved negatives; keys ``sampled-19/...``),
+        and/or the realistic mode: the 20 items text retrieval returns, which may miss the
+        target (:mod:`fedllmrec.eval.retrieved`; keys ``retrieved-20/recall@20``, ...).
     ks : sequence of int
         Cut-offs of HR@k and NDCG@k.
     n_negatives : int, optional
@@ -125,6 +129,21 @@ class RankingEvaluator:
         for cold in (False, True) if self.cold_start and not valid else (False,):
             prefix = "cold/" if cold else ""
             for mode in modes:
+                if mode == "retrieved-20":
+                    if cold:
+                        continue  # the lists hold the items retrieval finds, cold or not
+                    result = evaluate_retrieved(
+                        cast(Recommender, model),
+                        self.prepared,
+                        role=role,
+                        k=RETRIEVED_K,
+                        ks=self.ks,
+                        ties=self.ties,
+                        batch_size=self.batch_size,
+                        only_users=self._valid_subset if role == "valid" else self._test_subset,
+                    )
+                    _flatten(out, prefix, mode, result)
+                    continue
                 short = mode == "sampled-19"
                 result = evaluate_ranking(
                     cast(Recommender, model),  # it only calls score(); trained models need no fit()
@@ -138,23 +157,34 @@ class RankingEvaluator:
                     cold_only=cold,
                     only_users=self._valid_subset if role == "valid" else self._test_subset,
                 )
-                out.update({f"{prefix}{mode}/{k}": float(v) for k, v in result["metrics"].items()})
-                for domain, metrics in result["domains"].items():
-                    out.update(
-                        {f"{prefix}{mode}/{domain}/{k}": float(v) for k, v in metrics.items()}
-                    )
+                _flatten(out, prefix, mode, result)
         return out
 
     def metric_names(self) -> list[str]:
         """Every key a validation call returns (what a trainer may monitor), known before any
         model is trained."""
         per_mode = [name for k in self.ks for name in (f"HR@{k}", f"NDCG@{k}")] + ["MRR"]
+        retrieved = [f"recall@{RETRIEVED_K}", *per_mode, *(f"within/HR@{k}" for k in self.ks)]
         domains = self.prepared.dataset.domains
         scopes = [""] + ([f"{d}/" for d in domains] if len(domains) > 1 else [])
         modes = self.modes if self.valid_modes is None else self.valid_modes
-        names = [f"{m}/{s}{name}" for m in modes for s in scopes for name in per_mode]
+        names = [
+            f"{m}/{s}{name}"
+            for m in modes
+            for s in scopes
+            for name in (retrieved if m == "retrieved-20" else per_mode)
+        ]
         cold = self.cold_start and self.valid_modes is None
-        return names + [f"cold/{name}" for name in names] if cold else names
+        if not cold:
+            return names
+        return names + [f"cold/{n}" for n in names if not n.startswith("retrieved-")]
+
+
+def _flatten(out: dict[str, float], prefix: str, mode: str, result: dict[str, Any]) -> None:
+    """Add one evaluation's metrics to ``out`` under ``{prefix}{mode}/[{domain}/]{name}``."""
+    out.update({f"{prefix}{mode}/{k}": float(v) for k, v in result["metrics"].items()})
+    for domain, metrics in result["domains"].items():
+        out.update({f"{prefix}{mode}/{domain}/{k}": float(v) for k, v in metrics.items()})
 
 
 @dataclass

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedllmrec.data.candidates import sample_excluding
 from fedllmrec.data.sequences import user_sequences
 from fedllmrec.data.split import TRAIN, Split, UserItemSet
 from fedllmrec.errors import FedLLMRecError
@@ -68,19 +69,11 @@ def sample_negatives(
     trained: UserItemSet, pool: np.ndarray, user: int, n: int, rng: np.random.Generator
 ) -> np.ndarray:
     """``n`` distinct items of ``pool`` (a domain's active items) that ``user`` has no
-    training interaction with (``trained``: the training pairs), uniformly."""
-    own = trained.items_of(user)
-    seen = set(own[np.isin(own, pool)].tolist())
-    if pool.shape[0] - len(seen) < n:
+    training interaction with (``trained``: the training pairs), uniformly: the saved
+    candidates' draw (:func:`~fedllmrec.data.candidates.sample_excluding`)."""
+    drawn = sample_excluding(rng, pool, n, user, trained)
+    if drawn is None:
         raise FedLLMRecError(
             f"user {user}: fewer than {n} items of the domain to draw as negatives"
         )
-    out: list[int] = []
-    while len(out) < n:
-        for item in rng.choice(pool, size=2 * n).tolist():
-            if item not in seen:
-                seen.add(item)
-                out.append(item)
-                if len(out) == n:
-                    break
-    return np.asarray(out, dtype=np.int64)
+    return drawn.astype(np.int64)
