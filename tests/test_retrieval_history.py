@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fedllmrec.data.prepare import Prepared
+from fedllmrec.errors import FedLLMRecError
 from fedllmrec.eval import evaluate_ranking
 from fedllmrec.models import Popularity
 from fedllmrec.retrieval import IndexConfig, ItemIndex
@@ -142,3 +143,37 @@ def test_retrieved_lists_exclude_touched_items_are_saved_and_rank_end_to_end(
     popular = evaluator(Popularity().fit(split), "test")
     assert popular["retrieved-20/HR@5"] <= popular["retrieved-20/recall@20"]
     assert popular["retrieved-20/within/HR@1"] < 1.0
+
+
+def test_recommend_ranks_the_retrieved_untouched_items_with_the_runs_model(
+    ml100k_prepared: Prepared, ml100k_root: Path, vectors: np.ndarray, tmp_path: Path
+) -> None:
+    from fedllmrec.recipes import load_recipe, run_recipe
+    from fedllmrec.recipes.recommend import recommend
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes" / "popularity-ml100k.toml")
+    run_recipe(recipe, tmp_path, data_dir=ml100k_root, quiet=True)
+    dataset = ml100k_prepared.dataset
+    user = dataset.users.column("user_id")[7].as_py()
+    rows = recommend(tmp_path, user, dataset.domains[0], k=20)
+    assert [row.rank for row in rows] == list(range(1, 21))
+    ids = dataset.items.column("item_id").to_pylist()
+    dense = np.asarray([ids.index(row.item_id) for row in rows])
+    touched = ml100k_prepared.split.touched.items_of(7)
+    assert not np.isin(dense, touched).any()  # never an item the user already touched
+    # The 20 are the exact top 20 of the whole-history query, re-ranked by popularity.
+    query, _ = history_queries(vectors, ml100k_prepared.split.touched, np.asarray([7]))
+    brute = (query @ vectors.T)[0]
+    brute[touched] = -np.inf
+    np.testing.assert_allclose(sorted(brute[dense]), sorted(np.sort(brute)[-20:]), atol=1e-5)
+    np.testing.assert_allclose([row.retrieval_score for row in rows], brute[dense], atol=1e-5)
+    counts = (
+        Popularity()
+        .fit(ml100k_prepared.split)
+        .score(np.asarray([7]), dense[None, :], ml100k_prepared.split.touched)[0]
+    )
+    np.testing.assert_allclose([row.model_score for row in rows], counts)
+    scores = [row.model_score for row in rows]
+    assert scores == sorted(scores, reverse=True)
+    with pytest.raises(FedLLMRecError, match="not in ml-100k"):
+        recommend(tmp_path, "no-such-user")

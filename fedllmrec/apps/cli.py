@@ -271,6 +271,38 @@ def retrieve(
     console.print(table)
 
 
+@app.command("recommend")
+def recommend(
+    user: Annotated[str, typer.Option(help="The user's id as in the source data.")],
+    run: Annotated[Path, typer.Option(help="A finished run folder (fedllmrec train --out).")],
+    domain: Annotated[
+        str | None, typer.Option(help="Recommend items of this domain (needed when several).")
+    ] = None,
+    k: Annotated[int, typer.Option(help="Candidates retrieved, then ranked by the model.")] = 20,
+    threads: Threads = None,
+) -> None:
+    """A user's ranked candidates: FAISS retrieval by history, then the run's model ranks them."""
+    from rich.table import Table
+
+    from fedllmrec.recipes.recommend import recommend as ranked
+
+    set_threads(threads)
+    with err_console.status("loading the run's model and retrieving"):
+        rows = ranked(run, user, domain, k)
+    table = Table(title=f"{run}: user {user}, {domain or ''} {len(rows)} retrieved candidates")
+    for column in ("rank", "item_id", "retrieval", "model", "title"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row.rank),
+            row.item_id,
+            f"{row.retrieval_score:.3f}",
+            f"{row.model_score:.4f}",
+            row.title,
+        )
+    console.print(table)
+
+
 @app.command("train")
 def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe TOML file (see recipes/).")],

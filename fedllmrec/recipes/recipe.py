@@ -327,15 +327,22 @@ def run_recipe(
 
 
 def load_trained(run_dir: str | Path, prepared: Prepared | None = None) -> Model:
-    """The best model of a finished ``fedllmrec train`` run, rebuilt from its recipe.
+    """The best model of a finished ``fedllmrec train`` run; see :func:`load_run`."""
+    return load_run(run_dir, prepared)[0]
+
+
+def load_run(run_dir: str | Path, prepared: Prepared | None = None) -> tuple[Model, Prepared]:
+    """The best model of a finished ``fedllmrec train`` run and its data, rebuilt from its recipe.
 
     The run's ``metrics.json`` names the recipe and its overrides; the model is built and
     set up on ``prepared`` (default: the recipe's own data), which must be the data it was
-    trained on, and its ``best.pt`` is loaded.
+    trained on, and its ``best.pt`` is loaded. A model with no trained state (popularity,
+    item-kNN, the zero-shot LLM) is fitted again: its fit is deterministic and is all its
+    training was.
     """
     run = Path(run_dir)
-    if not (run / METRICS).is_file() or not (run / BEST).is_file():
-        raise FedLLMRecError(f"{run}: not a finished run (no {METRICS} and {BEST})")
+    if not (run / METRICS).is_file():
+        raise FedLLMRecError(f"{run}: not a finished run (no {METRICS})")
     config = json.loads((run / METRICS).read_text())["config"]
     recipe = load_recipe(config["recipe"], config.get("overrides", []))
     own = recipe.prepare()
@@ -346,13 +353,15 @@ def load_trained(run_dir: str | Path, prepared: Prepared | None = None) -> Model
     prepared = prepared or own
     model = recipe.build_model(prepared)
     if not isinstance(model, Trainable):
-        raise FedLLMRecError(f"{run}: a {type(model).__name__} has no trained state to load")
+        return model.fit(prepared.split), prepared
+    if not (run / BEST).is_file():
+        raise FedLLMRecError(f"{run}: not a finished run (no {BEST})")
     # Set up as the trainer did (seeded); loading restores RNG states the caller must keep.
     with torch.random.fork_rng():
         torch.manual_seed(recipe.trainer.seed)
         model.setup(prepared.split)
         model.load_state_dict(load_checkpoint(run / BEST)["model"])
-    return model
+    return model, prepared
 
 
 # ---------------------------------------------------------------- parsing
