@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -160,3 +162,20 @@ def test_test_on_a_user_subset_scores_just_those_users(ml100k_prepared: Prepared
     assert subset(knn, "valid") == everyone(knn, "valid")
     with pytest.raises(ValueError, match="test_users"):
         RankingEvaluator(ml100k_prepared, test_users=-1)
+
+
+def test_a_user_subset_of_a_max_users_split_is_drawn_among_its_users(
+    ml100k_root: Path, tmp_path: Path
+) -> None:
+    """A ``max_users`` split keeps the whole user table; the subset has rows to score."""
+    from fedllmrec.data.prepare import prepare
+    from fedllmrec.data.split import SplitConfig
+    from fedllmrec.eval.evaluators import RankingEvaluator
+
+    small = prepare("ml-100k", data_dir=ml100k_root, config=SplitConfig(max_users=100),
+                    out=tmp_path / "small")  # fmt: skip
+    present = np.unique(small.split.dataset.user)
+    assert present.shape == (100,) and small.dataset.n_users == 943
+    users = RankingEvaluator(small, modes=("sampled",), test_users=30).test_users_scored
+    assert users is not None and users.shape == (30,) and np.isin(users, present).all()
+    assert RankingEvaluator(small, modes=("sampled",), test_users=100).test_users_scored is None

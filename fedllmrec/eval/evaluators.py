@@ -102,15 +102,19 @@ class RankingEvaluator:
         self._test_subset = self._user_subset("test_users", self.test_users, self.test_seed)
 
     def _user_subset(self, name: str, size: int | None, seed: int) -> np.ndarray | None:
-        """A sorted seeded subset of ``size`` user ids (None: every user)."""
+        """A sorted seeded subset of ``size`` user ids (None: every user).
+
+        Drawn among the users the split holds interactions of (a ``max_users`` split keeps
+        the whole user table): on an unfiltered split that is every user, the same draw.
+        """
         if size is None:
             return None
         if size <= 0:
             raise ValueError(f"{name} must be positive, not {size}")
-        n_users = self.prepared.dataset.n_users
-        if size >= n_users:
+        present = np.unique(self.prepared.split.dataset.user)
+        if size >= present.shape[0]:
             return None
-        return np.sort(np.random.default_rng(seed).choice(n_users, size=size, replace=False))
+        return np.sort(np.random.default_rng(seed).choice(present, size=size, replace=False))
 
     @property
     def validation_users(self) -> np.ndarray | None:

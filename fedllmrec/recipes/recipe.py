@@ -331,12 +331,15 @@ def load_trained(run_dir: str | Path, prepared: Prepared | None = None) -> Model
     return load_run(run_dir, prepared)[0]
 
 
-def load_run(run_dir: str | Path, prepared: Prepared | None = None) -> tuple[Model, Prepared]:
+def load_run(
+    run_dir: str | Path, prepared: Prepared | None = None, *, data_dir: str | Path | None = None
+) -> tuple[Model, Prepared]:
     """The best model of a finished ``fedllmrec train`` run and its data, rebuilt from its recipe.
 
     The run's ``metrics.json`` names the recipe and its overrides; the model is built and
-    set up on ``prepared`` (default: the recipe's own data), which must be the data it was
-    trained on, and its ``best.pt`` is loaded. A model with no trained state (popularity,
+    set up on ``prepared`` (default: the recipe's own data, read from ``data_dir`` when the
+    run was trained with ``--data-dir``), which must be the data it was trained on, and its
+    ``best.pt`` is loaded. A model with no trained state (popularity,
     item-kNN, the zero-shot LLM) is fitted again: its fit is deterministic and is all its
     training was.
     """
@@ -345,6 +348,10 @@ def load_run(run_dir: str | Path, prepared: Prepared | None = None) -> tuple[Mod
         raise FedLLMRecError(f"{run}: not a finished run (no {METRICS})")
     config = json.loads((run / METRICS).read_text())["config"]
     recipe = load_recipe(config["recipe"], config.get("overrides", []))
+    if data_dir is not None:
+        recipe = dataclasses.replace(
+            recipe, data=dataclasses.replace(recipe.data, data_dir=str(data_dir))
+        )
     own = recipe.prepare()
     if prepared is not None and own.folder != prepared.folder:
         raise FedLLMRecError(

@@ -33,11 +33,17 @@ class Recommendation:
 
 
 def recommend(
-    run_dir: str | Path, user: str, domain: str | None = None, k: int = 20
+    run_dir: str | Path,
+    user: str,
+    domain: str | None = None,
+    k: int = 20,
+    *,
+    data_dir: str | Path | None = None,
 ) -> list[Recommendation]:
     """The run's ranking of ``user``'s ``k`` retrieved candidates in ``domain``.
 
-    ``domain`` may be left out when the dataset has only one.
+    ``domain`` may be left out when the dataset has only one; ``data_dir`` is the data root
+    the run was trained with, when not the default.
 
     Raises
     ------
@@ -45,7 +51,7 @@ def recommend(
         When the run is unfinished, the user or domain is unknown, or the user has no
         history in the domain to build a query from.
     """
-    model, prepared = load_run(run_dir)
+    model, prepared = load_run(run_dir, data_dir=data_dir)
     dataset = prepared.dataset
     user_ids = dataset.users.column("user_id").to_pylist()
     if user not in user_ids:
