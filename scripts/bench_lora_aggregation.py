@@ -63,7 +63,8 @@ def run(mode: str, steps: int, source: str) -> dict[str, float]:
         # The client's trained factors (before the reset to the sent tensors): sent + delta.
         factors = dict(start)
         for name, delta in parts[-1].deltas.items():
-            factors[name] = start[name] + delta[0]
+            if name in start:  # the adapter's factors (the projectors' deltas upload too)
+                factors[name] = start[name] + delta[0]
         per_client.append(factors)
     seconds = time.perf_counter() - t0
     after = global_factors(fed)
