@@ -46,6 +46,10 @@ class TunedLLMRecommender(LLMRecommender):
         self._pools: dict[int, np.ndarray] = {}
         self._trained: UserItemSet | None = None
         self._states: torch.Tensor | None = None  # (R, D) the source's state of each row
+        # Data parallelism (fedllmrec.apps.finetune): this process's share of every batch
+        # and the hook that sums the gradients over the processes before each step.
+        self.replica = (0, 1)  # (rank, world size)
+        self.gradient_sync: Callable[[list[torch.Tensor]], None] | None = None
 
     # ------------------------------------------------------------------ setup
 
@@ -118,17 +122,30 @@ class TunedLLMRecommender(LLMRecommender):
         rng: np.random.Generator,
     ) -> float:
         """``steps`` optimiser steps, each on ``batch_rows`` rows drawn from ``rows``
-        (positions into :attr:`rows`); returns the mean row loss."""
+        (positions into :attr:`rows`); returns the mean loss of the rows this process ran.
+
+        Each row draws its negatives from a seed of its own, so a batch split over
+        :attr:`replica` processes sees the very rows one process would, and the summed
+        gradients (:attr:`gradient_sync`) are the one-process gradients.
+        """
         batch_rows = self.config.train.batch_rows
+        rank, world = self.replica
+        params = list(self.trainable_parameters().values())
         total, count = 0.0, 0
         for _ in range(steps):
             batch = rng.choice(rows, size=min(batch_rows, rows.shape[0]), replace=False)
+            seeds = rng.integers(2**63 - 1, size=batch.shape[0])  # every process draws them
             optimizer.zero_grad(set_to_none=True)
-            for row in batch.tolist():
-                loss = self.row_loss(row, rng)
+            for i in range(rank, batch.shape[0], world):  # this process's share
+                loss = self.row_loss(int(batch[i]), np.random.default_rng(int(seeds[i])))
                 (loss / batch.shape[0]).backward()
                 total += float(loss.detach())
                 count += 1
+            if self.gradient_sync is not None:
+                for p in params:  # a process with no row this step still joins the sum
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                self.gradient_sync([p.grad for p in params if p.grad is not None])
             optimizer.step()
         return total / max(count, 1)
 
