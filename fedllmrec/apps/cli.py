@@ -366,8 +366,6 @@ def audit(
 ) -> None:
     """Attack a federated run as its server: item sets, attributes, membership; with domain
     clients, each domain's item popularity (audit.json)."""
-    import dataclasses
-
     from fedllmrec.audits import audit_run, audit_table
     from fedllmrec.recipes.recipe import load_recipe
     from fedllmrec.runtime import keep_freed_memory
@@ -383,11 +381,7 @@ def audit(
     if "federated" not in config:
         raise FedLLMRecError(f"{run_dir}: not a federated run (its recipe has no [federated])")
     keep_freed_memory()
-    recipe = load_recipe(recipe_path, overrides)
-    if data_dir is not None:
-        recipe = dataclasses.replace(
-            recipe, data=dataclasses.replace(recipe.data, data_dir=str(data_dir))
-        )
+    recipe = load_recipe(recipe_path, overrides).reading(data_dir)
     set_threads(threads)
     with console.status(f"preparing {recipe.data.name}"):
         prepared = recipe.prepare()
@@ -579,17 +573,11 @@ def _demo_llm(
     console.print(table)
     console.print("random 1+19 HR@1 = 0.05; the measured LLM rows: docs/benchmarks.md")
     # One user's recommendations: the first user (by dense id) with a history in Arts.
-    import dataclasses
-
     import numpy as np
 
     from fedllmrec.recipes import load_recipe
 
-    recipe = load_recipe(_recipe_file(DEMO_LLM_RECIPE), overrides)
-    if data_dir is not None:
-        recipe = dataclasses.replace(
-            recipe, data=dataclasses.replace(recipe.data, data_dir=str(data_dir))
-        )
+    recipe = load_recipe(_recipe_file(DEMO_LLM_RECIPE), overrides).reading(data_dir)
     dataset = recipe.prepare().split.dataset  # prepared by the training above: read back
     arts = dataset.domains.index("arts")
     dense = int(np.unique(dataset.user[dataset.domain == arts])[0])

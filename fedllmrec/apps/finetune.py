@@ -21,7 +21,6 @@ ones run with ``fedllmrec train``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -64,11 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    recipe = load_recipe(args.recipe, args.overrides)
-    if args.data_dir is not None:
-        recipe = dataclasses.replace(
-            recipe, data=dataclasses.replace(recipe.data, data_dir=str(args.data_dir))
-        )
+    recipe = load_recipe(args.recipe, args.overrides).reading(args.data_dir)
     with accelerator.main_process_first():  # one process prepares the data, the rest read it
         prepared = recipe.prepare()
     model = recipe.build_model(prepared)

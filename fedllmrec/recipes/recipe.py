@@ -209,6 +209,14 @@ class Recipe:
     def name(self) -> str:
         return self.path.stem
 
+    def reading(self, data_dir: str | Path | None) -> Recipe:
+        """This recipe with its data read from ``data_dir`` (``None``: unchanged)."""
+        if data_dir is None:
+            return self
+        return dataclasses.replace(
+            self, data=dataclasses.replace(self.data, data_dir=str(data_dir))
+        )
+
     def prepare(self) -> Prepared:
         """Split the dataset and draw its candidates, or reuse the cached copy."""
         data = self.data
@@ -311,10 +319,7 @@ def run_recipe(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Prepare the data, build model and evaluator, train; returns ``metrics.json``'s content."""
-    if data_dir is not None:
-        recipe = dataclasses.replace(
-            recipe, data=dataclasses.replace(recipe.data, data_dir=str(data_dir))
-        )
+    recipe = recipe.reading(data_dir)
     prepared = recipe.prepare()
     trainer = Trainer(recipe.trainer, quiet=quiet, console=console)
     return trainer.run(
@@ -347,11 +352,7 @@ def load_run(
     if not (run / METRICS).is_file():
         raise FedLLMRecError(f"{run}: not a finished run (no {METRICS})")
     config = json.loads((run / METRICS).read_text())["config"]
-    recipe = load_recipe(config["recipe"], config.get("overrides", []))
-    if data_dir is not None:
-        recipe = dataclasses.replace(
-            recipe, data=dataclasses.replace(recipe.data, data_dir=str(data_dir))
-        )
+    recipe = load_recipe(config["recipe"], config.get("overrides", [])).reading(data_dir)
     own = recipe.prepare()
     if prepared is not None and own.folder != prepared.folder:
         raise FedLLMRecError(
