@@ -57,6 +57,7 @@ from fedllmrec.apps.flower.secagg import (
     reconstruction_threshold,
 )
 from fedllmrec.errors import FedLLMRecError
+from fedllmrec.federated.adapters import FederatedLLM
 from fedllmrec.federated.config import FederationConfig, PrivacyConfig, StrategyConfig
 from fedllmrec.federated.ownership import Owner
 from fedllmrec.federated.privacy import SecureSum
@@ -185,7 +186,7 @@ def _run_config(case: Case, data_root: Path, out: Path, **extra: int | str) -> U
     }
 
 
-SIMULATION_TIMEOUT_S = 300.0  # a whole simulation here takes 15-40 s
+SIMULATION_TIMEOUT_S = 180.0  # a whole simulation here takes 15-40 s (the LLM one ~40 s)
 SIMULATION = Path(__file__).with_name("flower_simulation.py")
 
 
@@ -584,3 +585,99 @@ def test_flower_domain_nodes_match_the_simulator_on_fkd(
     assert set(final) == set(teacher)  # no student tensor reached the server
     for name, value in fkd_simulated.shared_tensors().items():
         torch.testing.assert_close(final[name], value.detach(), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the LLM's adapters
+
+# The full pipeline's federated dual LoRA with text-only prompts (mode lora: no FKD run to
+# read), small prompts and two rows per domain client, fp32 (deterministic and fast here).
+LLM_CASE = Case(
+    "llm-fed-art-office.toml",
+    (
+        "model.mode=lora",
+        "model.history_items=3",
+        "model.title_tokens=8",
+        "model.llm.dtype=float32",
+        "model.adapters.rank=4",
+        "model.train.train_users=2",
+        "model.train.batch_rows=1",
+        "model.train.negatives=3",
+        "federated.local.steps=2",
+    ),
+    rounds=1,
+    clients=2,
+    participants=2,
+)
+
+
+def test_flower_domain_nodes_match_the_simulator_on_llm_adapters(
+    data_root: Path, tmp_path: Path
+) -> None:
+    """One SuperNode per domain trains the LLM's global and private LoRA: the round's loss
+    and the global B the server averages are the simulator's, and only the global B
+    reaches the server (the private adapters stay on their nodes, the frozen A is never
+    sent)."""
+    fed = _source(LLM_CASE, data_root).load().build_federation()
+    assert isinstance(fed, FederatedLLM)
+    fed.train_round()
+    config = _run_config(LLM_CASE, data_root, tmp_path, **{"eval-role": ""})
+    _simulate(config, num_supernodes=2, out=tmp_path)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["clients"] == 2 and history["partitions"] == 2
+    np.testing.assert_allclose(history["losses"], fed.losses, rtol=1e-5)
+    for flower, sim in zip(history["rounds"], fed.server.records, strict=True):
+        assert flower["participants"] == sim["participants"] == 2
+        assert flower["bytes_up"] == sim["bytes_up"]
+    final = load_file(tmp_path / "server.safetensors")
+    own = fed.ownership
+    assert set(final) == set(own.names(Owner.GLOBAL))
+    assert final and all(".lora_B.global." in name for name in final)
+    assert any(final[name].abs().sum() > 0 for name in final)  # the round moved B
+    for name, value in fed.shared_tensors().items():
+        torch.testing.assert_close(final[name], value.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_llm_node_keeps_the_private_adapter_and_uploads_the_global_one(
+    data_root: Path,
+) -> None:
+    """A domain node's train reply carries the global adapter's delta only; the client's
+    new private adapter is in the node state, and the next round starts from it."""
+    source = _source(LLM_CASE, data_root)
+    fed = node_federation(source).fed
+    assert isinstance(fed, FederatedLLM)
+    own = fed.ownership
+    context = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 1, "num-partitions": 2},
+        state=RecordDict(),
+        run_config={},
+    )
+    content = RecordDict(
+        {
+            "recipe": source.to_record(),
+            "run": ConfigRecord({"num-threads": 1, "round": 1, "clients": [1]}),
+            "shared": tensor_record(fed.shared_tensors()),
+            "load": tensor_record({"load": torch.zeros(fed.server.load.shape)}),
+        }
+    )
+    reply = client_app(_message(content, "train"), context)
+    assert not reply.has_error(), reply.error.reason
+    data = reply.content.config_records["uploads"]["1"]
+    assert isinstance(data, bytes)
+    upload = ClientUpload.from_bytes(data)
+    assert upload.client == int(fed.clients[1])
+    assert set(upload.arrays) == set(own.names(Owner.GLOBAL))
+    private = own.private_parameters()
+    stored = context.state.array_records[PRIVATE_STATE]
+    assert set(stored) == {f"{upload.client}/{name}" for name in private}
+    trained_b = next(name for name in private if ".lora_B." in name)
+    kept = stored[f"{upload.client}/{trained_b}"].numpy()
+    assert np.abs(kept).sum() > 0  # the private B trained (it starts at 0)
+    assert kept.tobytes() not in data
+    # The next round loads the stored private adapter into the node's federation.
+    content["run"] = ConfigRecord({"num-threads": 1, "round": 2, "clients": [1]})
+    reply = client_app(_message(content, "train"), context)
+    assert not reply.has_error(), reply.error.reason
+    again = context.state.array_records[PRIVATE_STATE][f"{upload.client}/{trained_b}"].numpy()
+    assert not np.array_equal(again, kept)  # trained on from the stored one, not from 0

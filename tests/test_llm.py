@@ -114,10 +114,10 @@ def test_llm_recommender_scores_the_rows_it_shows(ml100k_prepared) -> None:  # t
     """Zero-shot scores on real ml-100k 1+19 lists are the scores of the prompt it builds
     (history in-domain, candidates in the user's seeded order), in the saved column order."""
     from fedllmrec.data.sequences import observed_sequences
-    from fedllmrec.models.llm.recommender import LLMRecommender
+    from fedllmrec.models.llm.recommender import LLMRecConfig, LLMRecommender
 
     split = ml100k_prepared.split
-    rec = LLMRecommender().fit(split)
+    rec = LLMRecommender(LLMRecConfig(history_items=3, title_tokens=8)).fit(split)  # short prompts
     cands = ml100k_prepared.sampled("test", 19)
     users, items = cands.user[:2], cands.items[:2].astype("int64")
     history = split.observed("test")

@@ -257,3 +257,32 @@ def test_domain_clients_keep_their_private_adapter_and_send_the_global_one(
     again.load_state_dict(state)
     np.testing.assert_array_equal(again.score(arts_users, arts, history), scores)
     assert torch.equal(again.private_state(1)[private[-1]], office[private[-1]])
+
+
+def test_the_adapter_audit_reads_the_trained_targets_from_an_upload(ao_split: Split) -> None:
+    """The server's attack on a domain client's adapter upload (audits/adapters.py): with
+    a zero upload (lr 0) every title's rise is 0 and the AUC is exactly chance; a trained
+    upload ranks the targets it trained on above items the client never had."""
+    from fedllmrec.audits.adapters import AdapterAuditConfig, adapter_item_inference
+
+    def audit(lr: float) -> dict[str, dict[str, float]]:
+        fed = FederatedLLM(
+            TunedLLMRecommender(tuned("lora", train_users=16, batch_rows=2)),
+            FederationConfig(
+                partition="domain",
+                local=LocalConfig(steps=2, lr=lr, optimizer="adam"),
+                engine="loop",
+                seed=0,
+            ),
+        ).setup(ao_split)
+        report = adapter_item_inference(fed, AdapterAuditConfig(members=16, non_members=4))
+        assert report["round"] == 1
+        return report["domains"]
+
+    trained = audit(5e-3)
+    assert set(trained) == {"arts", "office"}
+    for domain, result in trained.items():
+        assert 0 < result["members"] <= 4 and result["non_members"] == 4 * result["members"]
+        # Measured 0.83 / 0.95 (arts / office) from the own upload, 0.86 / 0.94 from the
+        # aggregate, on 3-4 members each: the targets' titles rise; the run is seeded.
+        assert result["upload"] > 0.7 and result["aggregate"] > 0.7, (domain, result)

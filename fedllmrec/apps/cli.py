@@ -366,7 +366,15 @@ def audit(
 ) -> None:
     """Attack a federated run as its server: item sets, attributes, membership; with domain
     clients, each domain's item popularity (audit.json)."""
-    from fedllmrec.audits import audit_run, audit_table
+    from fedllmrec.audits import (
+        AdapterAuditConfig,
+        adapter_audit_table,
+        audit_adapter_run,
+        audit_run,
+        audit_table,
+    )
+    from fedllmrec.federated.adapters import FederatedLLM
+    from fedllmrec.federated.simulator import FederatedRecommender
     from fedllmrec.recipes.recipe import load_recipe
     from fedllmrec.runtime import keep_freed_memory
 
@@ -386,6 +394,16 @@ def audit(
     with console.status(f"preparing {recipe.data.name}"):
         prepared = recipe.prepare()
         fed = recipe.build_federation(prepared)
+    if isinstance(fed, FederatedLLM):
+        with console.status(f"auditing {run_dir}'s adapter uploads (1 round replayed)"):
+            llm_report = audit_adapter_run(
+                fed, run_dir, AdapterAuditConfig(seed=recipe.trainer.seed)
+            )
+        console.print(adapter_audit_table(llm_report, f"{recipe.name}: what the server can infer"))
+        console.print(f"wrote {run_dir / 'audit.json'}")
+        return
+    if not isinstance(fed, FederatedRecommender):
+        raise FedLLMRecError(f"{run_dir}: {type(fed).__name__} uploads have no audit")
     with console.status(f"auditing {run_dir} ({rounds} round(s) replayed)"):
         report = audit_run(
             fed, prepared, run_dir, rounds=rounds, max_users=max_users, mia_clients=mia_clients,

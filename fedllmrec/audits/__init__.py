@@ -2,9 +2,16 @@
 
 ``fedllmrec audit RUN_DIR`` (:func:`audit_run`): the server's view replayed
 (:mod:`.views`), attacks on it and on the final model (:mod:`.attacks`,
-:mod:`.membership`), one report (:mod:`.report`). docs/privacy.md has the numbers.
+:mod:`.membership`), one report (:mod:`.report`); for the LLM's adapters,
+:mod:`.adapters`. docs/privacy.md has the numbers.
 """
 
+from fedllmrec.audits.adapters import (
+    AdapterAuditConfig,
+    adapter_audit_table,
+    adapter_item_inference,
+    audit_adapter_run,
+)
 from fedllmrec.audits.attacks import (
     attribute_inference,
     attribute_targets,
@@ -16,9 +23,13 @@ from fedllmrec.audits.report import audit_run, audit_table
 from fedllmrec.audits.views import ServerView, replay_server_view, row_norms
 
 __all__ = [
+    "AdapterAuditConfig",
     "ServerView",
+    "adapter_audit_table",
+    "adapter_item_inference",
     "attribute_inference",
     "attribute_targets",
+    "audit_adapter_run",
     "audit_run",
     "audit_table",
     "code_recovery",

@@ -19,7 +19,7 @@ feature table of the soft tokens is private, one slot per domain.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -179,6 +179,47 @@ class FederatedLLM(FederationServer):
         if client is None:
             return self._fresh_private
         return self._private.get(int(client), self._fresh_private)
+
+    # ------------------------------------------------------------------ node hooks
+
+    def client_examples(self) -> np.ndarray:
+        """(n_clients,) each client's training rows (its upload weight)."""
+        return np.array([rows.shape[0] for rows in self._client_rows], dtype=np.int64)
+
+    def private_rows(self, positions: np.ndarray) -> dict[str, torch.Tensor]:
+        """Copies of the private adapters (C, ...) of the clients at ``positions``."""
+        states = [self.private_state(int(self._clients[p])) for p in np.asarray(positions)]
+        return {
+            name: torch.stack([state[name] for state in states]).clone()
+            for name in self.ownership.private_parameters()
+        }
+
+    def write_private_rows(self, positions: np.ndarray, rows: Mapping[str, torch.Tensor]) -> None:
+        """Set the private adapters (C, ...) of the clients at ``positions``."""
+        if set(rows) != set(self.ownership.private_parameters()):
+            raise FedLLMRecError("private state must name every private adapter tensor")
+        for i, position in enumerate(np.asarray(positions).tolist()):
+            client = int(self._clients[position])
+            self._private[client] = {name: value[i].clone() for name, value in rows.items()}
+
+    def node_training(
+        self,
+        positions: np.ndarray,
+        round_: int,
+        sent: Mapping[str, torch.Tensor],
+        load: torch.Tensor,
+        emit: Callable[[Part], None],
+        cohort: int | None = None,
+        secure: bool | None = None,
+    ) -> None:
+        """:meth:`local_training`: the simulator already trains one client at a time
+        (``load`` is unused: the LLM routes nothing)."""
+        self.local_training(positions, round_, sent, emit, cohort, secure)
+
+    def upload_chunks(self, positions: np.ndarray, round_: int) -> Iterator[np.ndarray]:
+        """One client at a time, by position: the order :meth:`local_training` adds them."""
+        for position in np.asarray(positions, dtype=np.int64).tolist():
+            yield np.array([position], dtype=np.int64)
 
     def _use_private(self, client: int | None) -> None:
         every = self.tensors()

@@ -10,10 +10,11 @@ and accounting, and the same round records.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from fedllmrec.errors import FedLLMRecError
@@ -39,6 +40,12 @@ class FederationServer:
     A subclass provides ``federation``, ``transforms``, ``n_clients`` and
     ``shared_tensors()``, sets ``_ownership`` and ``_server`` and calls
     :meth:`setup_privacy` in its setup.
+
+    The node hooks (:meth:`node_training`, :meth:`upload_chunks`, :meth:`private_rows`,
+    :meth:`write_private_rows`, :meth:`client_examples`, :attr:`clients`) are what a
+    real engine (the Flower apps) needs of any federation: a node trains its clients
+    and keeps their private state, the server orders the uploads it receives as the
+    simulator sums them.
     """
 
     federation: FederationConfig
@@ -87,6 +94,50 @@ class FederationServer:
     def shared_tensors(self) -> dict[str, torch.Tensor]:
         """The live global and group tensors: what the server holds and sends."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ node hooks
+
+    @property
+    def clients(self) -> np.ndarray:
+        """The clients' ids (users or domains), by position."""
+        raise NotImplementedError
+
+    def client_examples(self) -> np.ndarray:
+        """(n_clients,) each client's training examples (its upload weight's unit)."""
+        raise NotImplementedError
+
+    def node_training(
+        self,
+        positions: np.ndarray,
+        round_: int,
+        sent: Mapping[str, torch.Tensor],
+        load: torch.Tensor,
+        emit: Callable[[Part], None],
+        cohort: int | None = None,
+        secure: bool | None = None,
+    ) -> None:
+        """A node's local training of the clients at ``positions``, as real clients run it:
+        each client's own upload through the seam (``emit`` gets ``Uploads`` of single
+        clients, or one sum under ``secure``); ``load`` is the routing load sent."""
+        raise NotImplementedError
+
+    def upload_chunks(self, positions: np.ndarray, round_: int) -> Iterator[np.ndarray]:
+        """The received uploads of ``positions`` in the groups and order the simulator adds
+        them to the aggregator (so float sums run in its order)."""
+        raise NotImplementedError
+
+    def private_rows(self, positions: np.ndarray) -> dict[str, torch.Tensor]:
+        """Copies of the trainable private state (C, ...) of the clients at ``positions``."""
+        raise NotImplementedError
+
+    def write_private_rows(self, positions: np.ndarray, rows: Mapping[str, torch.Tensor]) -> None:
+        """Set the trainable private state (C, ...) of the clients at ``positions``."""
+        raise NotImplementedError
+
+    @property
+    def predicts_clicks(self) -> bool:
+        """Whether the model predicts held-out click probabilities (the Flower evaluation)."""
+        return False
 
     def check_shared(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Refuse received shared tensors whose names are not exactly the model's."""

@@ -17,7 +17,7 @@ the local training on its nodes (:meth:`local_training`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -178,6 +178,14 @@ class FederatedRecommender(FederationServer):
         """User (or domain) ids of the clients, by position."""
         return self.population.ids
 
+    def client_examples(self) -> np.ndarray:
+        """(n_clients,) each client's training windows."""
+        return self.population.examples
+
+    @property
+    def predicts_clicks(self) -> bool:
+        return hasattr(self.recommender, "predict")
+
     @property
     def engine(self) -> Engine:
         """The engine that computes the simulator's local training."""
@@ -262,6 +270,25 @@ class FederatedRecommender(FederationServer):
     def client_engine(self) -> Engine:
         """The engine a real client runs: its own upload, one client at a time (batched)."""
         return client_engine(self.federation.engine)
+
+    def node_training(
+        self,
+        positions: np.ndarray,
+        round_: int,
+        sent: Mapping[str, torch.Tensor],
+        load: torch.Tensor,
+        emit: Callable[[Part], None],
+        cohort: int | None = None,
+        secure: bool | None = None,
+    ) -> None:
+        """:meth:`local_training` with the engine a real client runs (:meth:`client_engine`)."""
+        self.local_training(
+            positions, round_, sent, load, emit, self.client_engine(), cohort, secure
+        )
+
+    def upload_chunks(self, positions: np.ndarray, round_: int) -> Iterator[np.ndarray]:
+        """The simulator's chunks of ``positions`` (:func:`~.round.chunk_clients`)."""
+        return chunk_clients(self.population, positions, round_, self.federation)
 
     # ------------------------------------------------------------------ state
 

@@ -49,6 +49,7 @@ from fedllmrec.errors import FedLLMRecError, OptionError, RecipeError
 from fedllmrec.eval.evaluators import EVALUATORS, Evaluator
 from fedllmrec.federated.adapters import FederatedLLM
 from fedllmrec.federated.config import FederationConfig
+from fedllmrec.federated.server import FederationServer
 from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.models.base import Recommender
 from fedllmrec.models.baselines import ItemKNN, ItemKNNConfig, Popularity, PopularityConfig
@@ -240,21 +241,20 @@ class Recipe:
             )
         return FederatedRecommender(model, self.federated)
 
-    def build_federation(self, prepared: Prepared | None = None) -> FederatedRecommender:
-        """The seeded federation, set up on the prepared split (the Flower app's model).
+    def build_federation(self, prepared: Prepared | None = None) -> FederationServer:
+        """The seeded federation, set up on the prepared split (the Flower app's model):
+        a :class:`FederatedRecommender`, or a :class:`FederatedLLM` for a trained LLM.
 
         A recipe without a ``[federated]`` table trains with :class:`FederationConfig`
         defaults, seeded by ``trainer.seed`` as the recipe loader would.
         """
         prepared = prepared if prepared is not None else self.prepare()
         model = self.build_model(prepared)
-        if isinstance(model, FederatedRecommender):
-            fed = model
-        elif isinstance(model, SequentialRecommender):
-            fed = FederatedRecommender(model, FederationConfig(seed=self.trainer.seed))
-        else:
+        if isinstance(model, SequentialRecommender):
+            model = FederatedRecommender(model, FederationConfig(seed=self.trainer.seed))
+        if not isinstance(model, FederatedRecommender | FederatedLLM):
             raise RecipeError(self.path, f"model kind {self.model_kind!r} cannot train federated")
-        return fed.setup(prepared.split)
+        return model.setup(prepared.split)
 
     def build_evaluator(self, prepared: Prepared) -> Evaluator:
         factory = EVALUATORS[self.eval_kind]
@@ -373,6 +373,22 @@ def load_run(
 
 
 # ---------------------------------------------------------------- parsing
+
+
+def recipe_files(path: Path) -> tuple[Path, ...]:
+    """The recipe file ``path`` and its ``base`` chain, top first (what a copy needs)."""
+    files = [path.resolve()]
+    while True:
+        try:
+            base = tomllib.loads(files[-1].read_text(encoding="utf-8")).get("base")
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise RecipeError(files[-1], f"cannot read: {err}") from err
+        if not isinstance(base, str):
+            return tuple(files)
+        base_path = (files[-1].parent / base).resolve()
+        if base_path in files:
+            raise RecipeError(files[-1], f"{base!r} is already in its own base chain", key="base")
+        files.append(base_path)
 
 
 def _read_raw(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 The rounds are :mod:`fedllmrec.federated.round`'s, with messages in place of
 function calls: the same seeded sampling and dropout, the same local training
-(:meth:`~fedllmrec.federated.simulator.FederatedRecommender.local_training`) and
-upload transforms, the same wire format
+(:meth:`~fedllmrec.federated.server.FederationServer.node_training`, for the sequential
+models' federation and the LLM adapters' alike) and upload transforms, the same wire format
 (:class:`~fedllmrec.federated.uploads.ClientUpload`) and the same aggregation, so a
 Flower run and the in-process simulator agree up to float rounding. Under
 ``federated.privacy.secure_aggregation`` the local training runs as flwr's SecAgg+, each

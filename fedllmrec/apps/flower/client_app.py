@@ -1,13 +1,15 @@
 """The ClientApp: a SuperNode holding a partition of the clients and their private rows.
 
 Every SuperNode is a silo holding a share of the clients (users or domains):
-positions ``partition-id::num-partitions`` of the federation's client population,
-from its node config. Each client's private rows (user embeddings, user FFNs) stay in
-the node's ``context.state`` and are never sent. A ``train`` message runs the round's
-local training of the named clients (the simulator's
-:meth:`~fedllmrec.federated.simulator.FederatedRecommender.local_training`, with the
-per-client engine a real client runs, through the same upload transforms) and replies
-with each client's upload in its wire format.
+positions ``partition-id::num-partitions`` of the federation's clients, from its node
+config. Each client's private state (user embeddings and user FFNs of the sequential
+models, the private LoRA adapter of the LLM) stays in the node's ``context.state`` and
+is never sent. A ``train`` message runs the round's local training of the named clients
+(the federation's :meth:`~fedllmrec.federated.server.FederationServer.node_training`:
+the simulator's local training as a real client runs it, through the same seam) and
+replies with each client's upload in its wire format. Any federation a recipe builds
+runs here (:meth:`~fedllmrec.recipes.Recipe.build_federation`): the apps use only the
+node hooks of :class:`~fedllmrec.federated.server.FederationServer`.
 
 Under ``federated.privacy.secure_aggregation = true`` the node instead takes part in
 SecAgg+ (flwr's ``secaggplus_mod`` on the ``train`` handler, the legacy fit messages of
@@ -44,18 +46,19 @@ from fedllmrec.apps.flower.config import (
 from fedllmrec.apps.flower.secagg import SecureCodec, SecureSettings
 from fedllmrec.errors import FedLLMRecError
 from fedllmrec.federated.ownership import SHARED
+from fedllmrec.federated.server import FederationServer
 from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.federated.uploads import Part, Uploads
 
-PRIVATE_STATE = "fedllmrec.private"  # context.state key of a node's private rows
+PRIVATE_STATE = "fedllmrec.private"  # context.state key of a node's private state
 
 
 @dataclass
 class NodeFederation:
-    """A node's rebuilt federation and the private rows it was built with."""
+    """A node's rebuilt federation and the private state it was built with."""
 
-    fed: FederatedRecommender
-    initial: dict[str, torch.Tensor]  # trainable private name -> every user's initial rows
+    fed: FederationServer
+    initial: dict[str, torch.Tensor]  # trainable private name -> (n_clients, ...) initial
 
 
 _BUILT: dict[RecipeSource, NodeFederation] = {}
@@ -69,9 +72,7 @@ def node_federation(source: RecipeSource) -> NodeFederation:
         if source not in _BUILT:
             _BUILT.clear()
             fed = source.load().build_federation()
-            every = dict(fed.net.named_parameters())
-            private = fed.ownership.private_parameters()
-            initial = {name: every[name].detach().clone() for name in private}
+            initial = fed.private_rows(np.arange(fed.n_clients))
             _BUILT[source] = NodeFederation(fed, initial)
         return _BUILT[source]
 
@@ -84,7 +85,7 @@ def _node(
     node_dir = str(context.node_config.get("data-dir", ""))
     node = node_federation(RecipeSource.from_record(recipe, node_dir))
     part, parts = node_partition(context.node_config)
-    return node, partition_positions(len(node.fed.population), part, parts)
+    return node, partition_positions(node.fed.n_clients, part, parts)
 
 
 def _request(msg: Message, context: Context) -> tuple[NodeFederation, np.ndarray]:
@@ -99,24 +100,24 @@ def _check_clients(positions: np.ndarray, mine: np.ndarray) -> None:
 
 
 def _load_private(node: NodeFederation, state: RecordDict, positions: np.ndarray) -> None:
-    """Write the clients' private rows from the node state (first use: the built model's)."""
+    """Write the clients' private state from the node state (first use: the built model's)."""
     fed = node.fed
     stored = state.array_records.get(PRIVATE_STATE, ArrayRecord())
-    users = fed.clients[positions].tolist()
+    clients = fed.clients[positions].tolist()
     rows: dict[str, torch.Tensor] = {}
     for name, initial in node.initial.items():
-        keys = [f"{user}/{name}" for user in users]
+        keys = [f"{client}/{name}" for client in clients]
         rows[name] = torch.stack(
             [
-                torch.from_numpy(stored[key].numpy()) if key in stored else initial[user]
-                for key, user in zip(keys, users, strict=True)
+                torch.from_numpy(stored[key].numpy()) if key in stored else initial[pos]
+                for key, pos in zip(keys, positions.tolist(), strict=True)
             ]
         )
     fed.write_private_rows(positions, rows)
 
 
-def _store_private(fed: FederatedRecommender, state: RecordDict, positions: np.ndarray) -> None:
-    """Keep the clients' new private rows in the node state (they are never sent)."""
+def _store_private(fed: FederationServer, state: RecordDict, positions: np.ndarray) -> None:
+    """Keep the clients' new private state in the node state (it is never sent)."""
     stored = state.array_records.get(PRIVATE_STATE, ArrayRecord())
     rows = fed.private_rows(positions)
     for i, pos in enumerate(positions.tolist()):
@@ -167,7 +168,7 @@ def train(msg: Message, context: Context) -> Message:
     _load_private(node, context.state, positions)
     parts: list[Part] = []
     round_ = record_int(run["round"])
-    fed.local_training(positions, round_, sent, load, parts.append, fed.client_engine())
+    fed.node_training(positions, round_, sent, load, parts.append)
     uploads = ConfigRecord()
     own = fed.ownership
     for part in parts:
@@ -213,16 +214,7 @@ def secure_fit(msg: Message, context: Context) -> Message:
     _load_private(node, context.state, positions)
     parts: list[Part] = []
     round_ = record_int(config["round"])
-    fed.local_training(
-        positions,
-        round_,
-        sent,
-        load,
-        parts.append,
-        fed.client_engine(),
-        cohort=cohort,
-        secure=False,
-    )
+    fed.node_training(positions, round_, sent, load, parts.append, cohort=cohort, secure=False)
     codec = SecureCodec.of(fed, node_clients, cohort, SecureSettings.from_config(config))
     vector = codec.encode(codec.node_vector(parts))  # refuses before anything is stored
     _store_private(fed, context.state, positions)
@@ -243,8 +235,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     shared = record_tensors(msg.content.array_records["shared"])
     users = np.zeros(0, dtype=np.int64)
     probs = labels = np.zeros(0, dtype=np.float64)
-    split = fed.recommender.split
-    if hasattr(fed.recommender, "predict") and split is not None:
+    split = fed.recommender.split if isinstance(fed, FederatedRecommender) else None
+    if fed.predicts_clicks and isinstance(fed, FederatedRecommender) and split is not None:
         _load_private(node, context.state, mine)
         fed.load_shared(shared)
         all_probs, all_labels = fed.predict(role)

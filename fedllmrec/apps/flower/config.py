@@ -19,6 +19,7 @@ Run configuration (``[tool.flwr.app.config]``; :data:`RUN_CONFIG_DEFAULTS`)::
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -31,8 +32,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, UserConfigValue
 
 import fedllmrec
 from fedllmrec.errors import FedLLMRecError
-from fedllmrec.federated.simulator import FederatedRecommender
+from fedllmrec.federated.server import FederationServer
 from fedllmrec.recipes import Recipe, load_recipe
+from fedllmrec.recipes.recipe import recipe_files
 
 RUN_CONFIG_DEFAULTS: dict[str, UserConfigValue] = {
     "num-server-rounds": 3,
@@ -95,12 +97,17 @@ def split_overrides(text: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class RecipeSource:
-    """A recipe as text plus overrides: what the server sends so every node builds alike."""
+    """A recipe as text plus overrides: what the server sends so every node builds alike.
+
+    ``bases`` holds the files of its ``base`` chain (path relative to the recipe's
+    folder, text), so a node rebuilds a derived recipe without the recipe folder.
+    """
 
     name: str
     text: str
     overrides: tuple[str, ...] = ()
     data_dir: str = ""
+    bases: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def read(
@@ -112,13 +119,27 @@ class RecipeSource:
         candidates = [path] if path.is_absolute() else [path, PROJECT_ROOT / path]
         for candidate in candidates:
             if candidate.is_file():
-                text = candidate.read_text(encoding="utf-8")
-                return cls(candidate.name, text, tuple(overrides), data_dir)
+                top, *chain = recipe_files(candidate)
+                bases = []
+                for base in chain:
+                    if not base.is_relative_to(top.parent):
+                        raise FedLLMRecError(
+                            f"{candidate}: base {base} is outside the recipe's folder (a "
+                            "Flower node rebuilds the chain below the recipe)"
+                        )
+                    name = base.relative_to(top.parent).as_posix()
+                    bases.append((name, base.read_text(encoding="utf-8")))
+                text = top.read_text(encoding="utf-8")
+                return cls(top.name, text, tuple(overrides), data_dir, tuple(bases))
         raise FedLLMRecError(f"recipe {path} not found (looked in {[str(c) for c in candidates]})")
 
     def load(self) -> Recipe:
         """The checked :class:`Recipe` (overrides applied, ``data_dir`` replaced if set)."""
         with tempfile.TemporaryDirectory(prefix="fedllmrec-recipe-") as tmp:
+            for name, text in self.bases:
+                base = Path(tmp) / name
+                base.parent.mkdir(parents=True, exist_ok=True)
+                base.write_text(text, encoding="utf-8")
             path = Path(tmp) / self.name
             path.write_text(self.text, encoding="utf-8")
             recipe = load_recipe(path, self.overrides)
@@ -135,6 +156,7 @@ class RecipeSource:
                 "text": self.text,
                 "set": "\n".join(self.overrides),
                 "data-dir": self.data_dir,
+                "bases": json.dumps(self.bases),
             }
         )
 
@@ -146,10 +168,11 @@ class RecipeSource:
             str(record["text"]),
             split_overrides(str(record["set"])),
             data_dir or str(record["data-dir"]),
+            tuple((str(n), str(t)) for n, t in json.loads(str(record.get("bases", "[]")))),
         )
 
 
-def check_flower_privacy(fed: FederatedRecommender) -> None:
+def check_flower_privacy(fed: FederationServer) -> None:
     """Refuse protections the plain Flower path cannot carry (its per-client wire format
     has neither a DP header nor a risk weight): they need secure aggregation on Flower."""
     privacy = fed.federation.privacy

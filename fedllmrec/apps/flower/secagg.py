@@ -31,7 +31,7 @@ import numpy as np
 
 from fedllmrec.errors import FedLLMRecError
 from fedllmrec.federated.privacy import Layout, pack
-from fedllmrec.federated.simulator import FederatedRecommender
+from fedllmrec.federated.server import FederationServer
 from fedllmrec.federated.uploads import Part, ProtectedUploads, Uploads
 
 CLIPPING_RANGE = 1.0  # SecAgg+'s c: every scaled entry is in [-1, 1]
@@ -138,7 +138,7 @@ class SecureCodec:
     @classmethod
     def of(
         cls,
-        fed: FederatedRecommender,
+        fed: FederationServer,
         node_clients: int,
         cohort: int,
         settings: SecureSettings,
@@ -151,7 +151,7 @@ class SecureCodec:
         segments: list[tuple[str, float, bool, int]] = []  # (what, bound, integral, length)
         if release is None:
             privacy = fed.federation.privacy
-            examples = max(float(fed.population.examples.max()), 1.0)
+            examples = max(float(fed.client_examples().max(initial=0)), 1.0)
             weight = 1.0 if fed.federation.strategy.weighting == "uniform" else examples
             exact_weight = privacy.aware == "none"  # 1 or an example count: integers
             lk = int(np.prod(layout.routing_shape))

@@ -3,13 +3,16 @@
 The ServerApp reads a recipe (``recipe`` plus ``set`` overrides in the run config) and
 sends its text with every message, so nodes rebuild the same model from the same seed
 without sharing files. Nodes are found with a ``query`` message; a round is the
-simulator's plan (:meth:`FederatedRecommender.plan_round`: the same seeded sampling
+simulator's plan (:meth:`FederationServer.plan_round`: the same seeded sampling
 and dropout), one ``train`` message per node with participants, the received uploads
 fed chunk by chunk (the simulator's chunks, so float sums run in its order) into the
 same :class:`~fedllmrec.federated.aggregation.RoundAggregator`, and the simulator's
-finish (:meth:`FederatedRecommender.finish_round`). Flower only carries the messages.
-The end is one ``evaluate`` message per node (click models: each node predicts its own
-users' held-out exposures with their private rows; the server pools AUC and LogLoss).
+finish (:meth:`FederationServer.finish_round`). Flower only carries the messages.
+The end is one ``evaluate`` message per node for click models (each node predicts its
+own users' held-out exposures with their private rows; the server pools AUC and
+LogLoss); other models (next-item rankers, the LLM) skip it. Every federation a recipe
+builds runs here, the sequential models' and the LLM adapters': the apps use only the
+node hooks of :class:`~fedllmrec.federated.server.FederationServer`.
 
 With ``federated.privacy.secure_aggregation = true`` a round's local training runs as
 flwr's SecAgg+ instead (:func:`run_secure_round`: ``SecAggPlusWorkflow`` on the legacy
@@ -74,8 +77,8 @@ from fedllmrec.eval.metrics import click_metrics
 from fedllmrec.federated.aggregation import RoundAggregator
 from fedllmrec.federated.ownership import SHARED
 from fedllmrec.federated.privacy import unpack
-from fedllmrec.federated.round import RoundPlan, chunk_clients
-from fedllmrec.federated.simulator import FederatedRecommender
+from fedllmrec.federated.round import RoundPlan
+from fedllmrec.federated.server import FederationServer
 from fedllmrec.federated.uploads import ClientUpload, ProtectedSum, Uploads, UploadSum
 from fedllmrec.io import atomic_write_bytes, atomic_write_json
 
@@ -140,7 +143,7 @@ def _by_node(plan: RoundPlan, nodes: Nodes) -> dict[int, list[int]]:
 
 
 def run_round(
-    grid: Grid, fed: FederatedRecommender, nodes: Nodes, common: RecordDict, timeout: float
+    grid: Grid, fed: FederationServer, nodes: Nodes, common: RecordDict, timeout: float
 ) -> float:
     """One round of :mod:`fedllmrec.federated.round`, with the local training on the nodes."""
     plan = fed.plan_round()
@@ -180,7 +183,7 @@ def run_round(
         raise FedLLMRecError(f"round {plan.number}: no client upload arrived")
     done = np.array(sorted(uploads), dtype=np.int64)
     aggregator = RoundAggregator(own, fed.federation.strategy)
-    for chunk in chunk_clients(fed.population, done, plan.number, fed.federation):
+    for chunk in fed.upload_chunks(done, plan.number):
         aggregator.add(Uploads.stack([uploads[pos] for pos in chunk.tolist()], chunk, own))
     failed = int(plan.survivors.shape[0] - done.shape[0])
     loss = fed.finish_round(plan, aggregator, {"failed": failed, "wire_bytes_up": wire})
@@ -297,7 +300,7 @@ class SecureRun:
 
 def run_secure_round(
     grid: Grid,
-    fed: FederatedRecommender,
+    fed: FederationServer,
     nodes: Nodes,
     common: RecordDict,
     context: Context,
@@ -391,7 +394,7 @@ def run_secure_round(
 
 
 def evaluate_nodes(
-    grid: Grid, fed: FederatedRecommender, nodes: Nodes, common: RecordDict, role: str
+    grid: Grid, fed: FederationServer, nodes: Nodes, common: RecordDict, role: str
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Pool the nodes' held-out predictions into one AUC and LogLoss (click models)."""
     run = ConfigRecord({**common.config_records["run"], "role": role})
@@ -420,7 +423,7 @@ def evaluate_nodes(
 
 def write_outputs(
     out_dir: Path,
-    fed: FederatedRecommender,
+    fed: FederationServer,
     config: AppConfig,
     nodes: Nodes,
     metrics: dict[str, float],
@@ -433,7 +436,7 @@ def write_outputs(
         "recipe": config.recipe,
         "set": list(config.overrides),
         "partitions": nodes.parts,
-        "clients": len(fed.population),
+        "clients": fed.n_clients,
         "losses": list(fed.losses),
         "rounds": [dict(r) for r in fed.server.records],
         "eval_role": config.eval_role,
@@ -473,7 +476,7 @@ def make_server_app(
         source = RecipeSource.read(config.recipe, config.overrides, config.data_dir)
         fed = source.load().build_federation()
         check_flower_privacy(fed)
-        n_clients = len(fed.population)
+        n_clients = fed.n_clients
         log(INFO, "fedllmrec: %s, %d clients; waiting for SuperNodes", source.name, n_clients)
         nodes = _discover(grid, config.node_timeout)
         log(INFO, "fedllmrec: %d partitions on nodes %s", nodes.parts, nodes.node_of)
@@ -494,7 +497,10 @@ def make_server_app(
                 run_round(grid, fed, nodes, common, config.round_timeout)
         metrics: dict[str, float] = {}
         predictions = None
-        if config.eval_role:
+        if config.eval_role and not fed.predicts_clicks:
+            log(INFO, "fedllmrec: the model predicts no clicks: no %s click evaluation",
+                config.eval_role)  # fmt: skip
+        elif config.eval_role:
             metrics, predictions = evaluate_nodes(grid, fed, nodes, common, config.eval_role)
             log(INFO, "fedllmrec: %s %s", config.eval_role, json.dumps(metrics))
         context.state["fedllmrec.metrics"] = MetricRecord({"loss": list(fed.losses), **metrics})

@@ -50,6 +50,9 @@ class TunedLLMRecommender(LLMRecommender):
         # and the hook that sums the gradients over the processes before each step.
         self.replica = (0, 1)  # (rank, world size)
         self.gradient_sync: Callable[[list[torch.Tensor]], None] | None = None
+        # Positions into rows of every row the last train_steps() call trained on, in
+        # order (an audit's ground truth of what one client's upload was trained on).
+        self.last_rows = np.zeros(0, dtype=np.int64)
 
     # ------------------------------------------------------------------ setup
 
@@ -132,8 +135,10 @@ class TunedLLMRecommender(LLMRecommender):
         rank, world = self.replica
         params = list(self.trainable_parameters().values())
         total, count = 0.0, 0
+        trained: list[np.ndarray] = []
         for _ in range(steps):
             batch = rng.choice(rows, size=min(batch_rows, rows.shape[0]), replace=False)
+            trained.append(np.asarray(batch, dtype=np.int64))
             seeds = rng.integers(2**63 - 1, size=batch.shape[0])  # every process draws them
             optimizer.zero_grad(set_to_none=True)
             for i in range(rank, batch.shape[0], world):  # this process's share
@@ -147,6 +152,7 @@ class TunedLLMRecommender(LLMRecommender):
                         p.grad = torch.zeros_like(p)
                 self.gradient_sync([p.grad for p in params if p.grad is not None])
             optimizer.step()
+        self.last_rows = np.concatenate(trained) if trained else np.zeros(0, dtype=np.int64)
         return total / max(count, 1)
 
     def train_epoch(self) -> float:
