@@ -62,6 +62,7 @@ from fedllmrec.federated.config import FederationConfig, PrivacyConfig, Strategy
 from fedllmrec.federated.ownership import Owner
 from fedllmrec.federated.privacy import SecureSum
 from fedllmrec.federated.round import RoundPlan
+from fedllmrec.federated.server import FederationServer
 from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.federated.uploads import ClientUpload, ProtectedSum, UploadSum
 
@@ -282,9 +283,8 @@ def _message(content: RecordDict, message_type: str) -> Message:
     return Message(content, dst_node_id=1, message_type=message_type)
 
 
-def test_client_uploads_shared_deltas_only_and_keeps_private_rows(source: RecipeSource) -> None:
-    fed = node_federation(source).fed
-    own = fed.ownership
+def _train_request(source: RecipeSource, fed: FederationServer) -> tuple[Context, RecordDict]:
+    """Partition 1 of 2's node context and a round-1 ``train`` request for its client 1."""
     context = Context(
         run_id=1,
         node_id=1,
@@ -300,6 +300,13 @@ def test_client_uploads_shared_deltas_only_and_keeps_private_rows(source: Recipe
             "load": tensor_record({"load": torch.zeros(fed.server.load.shape)}),
         }
     )
+    return context, content
+
+
+def test_client_uploads_shared_deltas_only_and_keeps_private_rows(source: RecipeSource) -> None:
+    fed = node_federation(source).fed
+    own = fed.ownership
+    context, content = _train_request(source, fed)
     reply = client_app(_message(content, "train"), context)
     assert not reply.has_error()
     uploads = reply.content.config_records["uploads"]
@@ -646,21 +653,7 @@ def test_llm_node_keeps_the_private_adapter_and_uploads_the_global_one(
     fed = node_federation(source).fed
     assert isinstance(fed, FederatedLLM)
     own = fed.ownership
-    context = Context(
-        run_id=1,
-        node_id=1,
-        node_config={"partition-id": 1, "num-partitions": 2},
-        state=RecordDict(),
-        run_config={},
-    )
-    content = RecordDict(
-        {
-            "recipe": source.to_record(),
-            "run": ConfigRecord({"num-threads": 1, "round": 1, "clients": [1]}),
-            "shared": tensor_record(fed.shared_tensors()),
-            "load": tensor_record({"load": torch.zeros(fed.server.load.shape)}),
-        }
-    )
+    context, content = _train_request(source, fed)
     reply = client_app(_message(content, "train"), context)
     assert not reply.has_error(), reply.error.reason
     data = reply.content.config_records["uploads"]["1"]

@@ -36,13 +36,12 @@ import torch
 from rich.table import Table
 
 from fedllmrec.audits.attacks import ranking_auc
+from fedllmrec.audits.report import AUDIT, final_checkpoint
 from fedllmrec.errors import FedLLMRecError
 from fedllmrec.federated.adapters import FederatedLLM
 from fedllmrec.federated.uploads import Part, ProtectedUploads, Uploads
 from fedllmrec.io import atomic_write_json
 from fedllmrec.train.trainer import load_checkpoint
-
-AUDIT = "audit.json"
 
 
 @dataclass(frozen=True)
@@ -179,11 +178,7 @@ def audit_adapter_run(
     """:func:`adapter_item_inference` on a finished LLM run's final model (``best.pt``,
     else ``last.pt``); writes ``run_dir/audit.json``. ``fed``: set up and untrained."""
     run_dir = Path(run_dir)
-    checkpoint = next(
-        (run_dir / n for n in ("best.pt", "last.pt") if (run_dir / n).is_file()), None
-    )
-    if checkpoint is None:
-        raise FedLLMRecError(f"{run_dir}: no best.pt or last.pt to audit the final model")
+    checkpoint = final_checkpoint(run_dir)
     start = time.perf_counter()
     fed.load_state_dict(load_checkpoint(checkpoint)["model"])
     report = {

@@ -39,6 +39,14 @@ AUDIT = "audit.json"
 USER_FEATURE_TABLE = "model.user_feature_embs.{}.weight"
 
 
+def final_checkpoint(run_dir: Path) -> Path:
+    """The run's final model: ``best.pt``, else ``last.pt``."""
+    for name in ("best.pt", "last.pt"):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise FedLLMRecError(f"{run_dir}: no best.pt or last.pt to audit the final model")
+
+
 def training_items(split: Split, users: np.ndarray) -> list[np.ndarray]:
     """Each user's distinct training items."""
     ds = split.dataset
@@ -150,11 +158,7 @@ def audit_run(
         (the demo's audit); ``audit.json`` says ``"quick": true``.
     """
     run_dir = Path(run_dir)
-    checkpoint = next(
-        (run_dir / n for n in ("best.pt", "last.pt") if (run_dir / n).is_file()), None
-    )
-    if checkpoint is None:
-        raise FedLLMRecError(f"{run_dir}: no best.pt or last.pt to audit the final model")
+    checkpoint = final_checkpoint(run_dir)
     if fed.server.records:
         raise FedLLMRecError("audit_run needs a fresh federation: its rounds are replayed")
     seconds: dict[str, float] = {}

@@ -235,8 +235,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     shared = record_tensors(msg.content.array_records["shared"])
     users = np.zeros(0, dtype=np.int64)
     probs = labels = np.zeros(0, dtype=np.float64)
-    split = fed.recommender.split if isinstance(fed, FederatedRecommender) else None
-    if fed.predicts_clicks and isinstance(fed, FederatedRecommender) and split is not None:
+    if (
+        isinstance(fed, FederatedRecommender)
+        and fed.predicts_clicks
+        and (split := fed.recommender.split) is not None
+    ):
         _load_private(node, context.state, mine)
         fed.load_shared(shared)
         all_probs, all_labels = fed.predict(role)
