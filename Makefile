@@ -36,8 +36,11 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy fedllmrec
 
+# Two workers, one per core (tests/conftest.py gives each one torch thread); a test file
+# stays on one worker, so the Flower tests never run two Ray clusters at once.
+TEST_WORKERS ?= 2
 unit: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test: lint typecheck unit
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedllmrec.data import RecDataset, load_dataset, registry
 from fedllmrec.data.prepare import Prepared, prepare
@@ -37,6 +38,9 @@ DATA_FOLDERS = {
     "art-office": "amazon-art-office-urllm",
 }
 REQUIRE_ENV = "FEDLLMREC_REQUIRE_DATA"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs a worker per core: one torch thread each (a test may ask for more).
+    torch.set_num_threads(1)
 # The reason every real-data skip gives, here and in the modules with their own helper.
 MISSING = re.compile(r"real data (?P<path>.+?) not present")
 _missing: Counter[str] = Counter()  # absent folder -> tests that needed it

@@ -73,7 +73,7 @@ def top_k_lists(
         u = users[lo : lo + batch]
         items = np.broadcast_to(catalogue, (u.shape[0], ds.n_items))
         scores = np.asarray(fed.score(u, items, history), dtype=np.float64)
-        scores[touched.contains(u[:, None], catalogue[None, :])] = -np.inf
+        scores[touched.grid_hits(u, catalogue)] = -np.inf
         top = np.argpartition(-scores, k, axis=1)[:, :k]
         out.extend(np.sort(row) for row in top)
     return out

@@ -195,6 +195,25 @@ class UserItemSet:
         pos = np.minimum(pos, max(len(self.keys) - 1, 0))
         return (self.keys[pos] == query) if len(self.keys) else np.zeros(query.shape, bool)
 
+    def grid_hits(self, users: np.ndarray, catalogue: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, column) of every pair ``(users[row], catalogue[column])`` in the set.
+
+        The same pairs as ``contains(users[:, None], catalogue[None, :])``, found from each
+        user's own keys instead of a (B, C) grid of lookups: a full-ranking batch has a few
+        touched items per user against a catalogue of thousands. ``catalogue`` is sorted.
+        """
+        base = np.asarray(users, dtype=np.int64) * self.n_items  # (B,)
+        lo = np.searchsorted(self.keys, base)
+        counts = np.searchsorted(self.keys, base + self.n_items) - lo
+        rows = np.repeat(np.arange(base.shape[0]), counts)
+        first = np.repeat(lo - (np.cumsum(counts) - counts), counts)  # each run's start
+        items = self.keys[first + np.arange(rows.shape[0])] - base[rows]
+        if not catalogue.shape[0]:
+            return rows[:0], rows[:0]
+        cols = np.minimum(np.searchsorted(catalogue, items), catalogue.shape[0] - 1)
+        found = catalogue[cols] == items
+        return rows[found], cols[found]
+
     def items_of(self, user: int) -> np.ndarray:
         """Sorted items of one user."""
         lo = np.searchsorted(self.keys, np.int64(user) * self.n_items)

@@ -104,9 +104,9 @@ def _counts_full(
             u, t = users[batch], targets[batch]
             items = np.broadcast_to(catalogue, (batch.shape[0], catalogue.shape[0]))
             scores = np.asarray(model.score(u, items, history), dtype=np.float64)  # (B, C)
-            seen = touched.contains(u[:, None], catalogue[None, :])
-            seen &= catalogue[None, :] != t[:, None]
-            scores[seen] = -np.inf
+            row, col = touched.grid_hits(u, catalogue)  # every touched item but the target
+            other = catalogue[col] != t[row]
+            scores[row[other], col[other]] = -np.inf
             positive = np.searchsorted(catalogue, t)
             greater[batch], tied[batch] = rank_counts(scores, positive)
     return greater, tied, domains

@@ -76,6 +76,9 @@ class FederatedRecommender(FederationServer):
     _release: DPRelease | None = field(default=None, repr=False)
     _client_privacy: ClientPrivacy | None = field(default=None, repr=False)
     _withheld: tuple[str, ...] = field(default=(), repr=False)
+    _history_cache: tuple[UserItemSet, dict[int, UserItemSet]] | None = field(
+        default=None, repr=False
+    )
 
     # ------------------------------------------------------------------ setup
 
@@ -321,17 +324,34 @@ class FederatedRecommender(FederationServer):
         if self.federation.partition == "user":
             return rec.score(users, items, history)
         assert rec.split is not None
-        item_domain = rec.split.dataset.item_domain
-        row_domain = item_domain[np.asarray(items)[:, 0]]
+        items = np.asarray(items)
+        row_domain = rec.split.dataset.item_domain[items[:, 0]]
         out = np.empty(np.shape(items), dtype=np.float32)
-        keys = history.keys
-        pair_domain = item_domain[keys % history.n_items]
+        # A broadcast catalogue (full ranking) stays one: the model may gather it by column.
+        catalogue = items.ndim == 2 and items.shape[0] > 1 and items.strides[0] == 0
         for d in np.unique(row_domain).tolist():
             rows = np.flatnonzero(row_domain == d)
-            kept = keys[pair_domain == d]
-            local = UserItemSet(kept // history.n_items, kept % history.n_items, history.n_items)
-            out[rows] = rec.score(users[rows], np.asarray(items)[rows], local)
+            block = (
+                np.broadcast_to(items[0], (rows.shape[0], items.shape[1]))
+                if catalogue
+                else items[rows]
+            )
+            out[rows] = rec.score(users[rows], block, self._domain_history(history, d))
         return out
+
+    def _domain_history(self, history: UserItemSet, domain: int) -> UserItemSet:
+        """The pairs of ``history`` whose item is of ``domain`` (what that domain's client
+        holds), built once per history object: an evaluation scores many batches."""
+        cached = self._history_cache
+        if cached is None or cached[0] is not history:
+            cached = self._history_cache = (history, {})
+        if domain not in cached[1]:
+            assert self.recommender.split is not None
+            item_domain = self.recommender.split.dataset.item_domain
+            keys, n = history.keys, history.n_items
+            kept = keys[item_domain[keys % n] == domain]
+            cached[1][domain] = UserItemSet(kept // n, kept % n, n)
+        return cached[1][domain]
 
     def predict(self, role: str) -> tuple[np.ndarray, np.ndarray]:
         """Click probabilities and labels of the held-out ``role`` exposures (click models),

@@ -336,6 +336,7 @@ class FKDRecommender(SequentialRecommender):
                     source="text",
                     text_dim=shared.shape[1],
                     text_dropout=self.dropout,
+                    fast_dropout=self.fast_dropout,
                 ),
                 text=shared,
             )
@@ -433,8 +434,12 @@ class FKDRecommender(SequentialRecommender):
         assert proposal is not None
         negatives = proposal.draw(self.rng, self.train.n_negatives, np.array([domain]))  # (M,)
         tgt = targets[mask]  # (N,)
-        log_q_pos, log_q_neg = proposal.log_q[tgt][:, None], proposal.log_q[negatives][None]
-        hit = negatives[None] == tgt[:, None]  # (N, M) accidental hits, excluded
+        log_q_pos = proposal.log_q[tgt][:, None]  # (N, 1)
+        # What every negative logit adds, built once for the up to four logit matrices:
+        # minus its log-probability of being drawn, and MASKED on accidental hits (a
+        # negative equal to the row's target), whose softmax weight is then exactly 0.
+        hit = negatives[None] == tgt[:, None]  # (N, M)
+        offset = (hit * MASKED).sub_(proposal.log_q[negatives][None])  # (N, M)
         out: dict[str, torch.Tensor] = {}
 
         def logits(
@@ -444,10 +449,12 @@ class FKDRecommender(SequentialRecommender):
             bias: tuple[torch.Tensor, torch.Tensor] | None = None,
         ) -> torch.Tensor:
             positive = (states * pos).sum(-1, keepdim=True) - log_q_pos  # (N, 1)
-            negative = states @ neg.T - log_q_neg  # (N, M)
             if bias is not None:  # the student's per-item priors
-                positive, negative = positive + bias[0][:, None], negative + bias[1][None]
-            negative = negative.masked_fill(hit, MASKED)
+                positive = positive + bias[0][:, None]
+                # The negatives' priors ride in the product: [states, 1] @ [neg, bias]^T.
+                states = torch.cat([states, states.new_ones(states.shape[0], 1)], dim=1)
+                neg = torch.cat([neg, bias[1][:, None]], dim=1)
+            negative = torch.addmm(offset, states, neg.T)  # (N, M), one pass
             return torch.cat([positive, negative], dim=1)  # (N, 1 + M), target at 0
 
         zero = torch.zeros(tgt.shape[0], dtype=torch.long)
@@ -513,29 +520,32 @@ class FKDRecommender(SequentialRecommender):
             raise RuntimeError("call fit() before score()")
         net, ds = self.net, self.split.dataset
         net.eval()
-        items = np.asarray(items, dtype=np.int64)
+        # A broadcast catalogue (the full ranking: every row the same items) is gathered
+        # by column, once, instead of row by row.
+        catalogue = items.ndim == 2 and items.shape[0] > 1 and items.strides[0] == 0
+        items = np.asarray(items[:1] if catalogue else items, dtype=np.int64)
         row_domain = ds.item_domain[items[:, 0]]
-        out = np.empty(items.shape, dtype=np.float32)
+        if catalogue:
+            row_domain = np.broadcast_to(row_domain, (len(users),))
+        out = np.empty((len(users), items.shape[1]), dtype=np.float32)
         for d in np.unique(row_domain).tolist():
             rows = np.flatnonzero(row_domain == d)
             observed = observed_sequences(self.split, history, users[rows])
             seqs = [s[ds.item_domain[s] == d] for s in observed]  # this domain's part only
             seq = torch.from_numpy(left_pad(seqs, self.max_len))  # shifted ids, 0 = pad
-            shifted = torch.from_numpy(items[rows] + 1)
+            shifted = torch.from_numpy(items if catalogue else items[rows]) + 1  # (R or 1, C)
             if self.fkd.score_with == "teacher":
                 assert net.teacher is not None
                 state = net.teacher(seq)[:, -1]  # (R, D)
                 table = net.teacher.items.table()  # (n_items + 1, D)
-                scores = state @ table.T
-                out[rows] = torch.take_along_dim(scores, shifted, dim=1).numpy()
+                out[rows] = _gather(state @ table.T, shifted).numpy()
                 continue
             students = net.students
             assert students is not None
             slot = d if students.n_slots > 1 else 0
             state = self._student_states(seq, slot)  # (R, D)
             scores = students.scores(state, slot)  # (R, L + 1) at local ids
-            local = students.local_index[shifted]
-            out[rows] = torch.take_along_dim(scores, local, dim=1).numpy()
+            out[rows] = _gather(scores, students.local_index[shifted]).numpy()
         return out
 
     # ------------------------------------------------------------------ representations
@@ -583,6 +593,13 @@ class FKDRecommender(SequentialRecommender):
             out[ids] = students.items(shifted[ids], d if students.n_slots > 1 else 0)
         assert self.semantics is not None  # set with the students
         return torch.cat([out, torch.from_numpy(np.asarray(self.semantics.vectors))], dim=1)
+
+
+def _gather(scores: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``scores`` (R, N) at ``columns`` (R, C), or at the same (1, C) columns in every row."""
+    if columns.shape[0] == 1 and scores.shape[0] != 1:
+        return scores[:, columns[0]]
+    return torch.take_along_dim(scores, columns, dim=1)
 
 
 def distillation(teacher: torch.Tensor, student: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from fedllmrec.data.schema import RecDataset
+from fedllmrec.models.dropout import Dropout
 from fedllmrec.models.owners import Owner
 
 ItemSource = Literal["id", "text", "id+text", "none"]  # "none": categorical features only
@@ -45,6 +46,7 @@ class ItemEmbeddingConfig:
     feature_cardinalities: tuple[int, ...] = ()  # per categorical feature, values 0..c-1
     feature_dim: int = 8
     text_dropout: float = 0.2
+    fast_dropout: bool = False  # the adaptor's dropout masks from random bytes (:mod:`.dropout`)
 
     @property
     def uses_id(self) -> bool:
@@ -86,7 +88,8 @@ class ItemEmbedding(nn.Module):
             # Frozen: a buffer, never a parameter, so it is neither trained nor sent.
             self.register_buffer("text", torch.cat([text.new_zeros(1, text.shape[1]), text]))
             self.text_proj = nn.Sequential(
-                nn.Dropout(config.text_dropout), nn.Linear(config.text_dim, config.dim)
+                Dropout(config.text_dropout, config.fast_dropout),
+                nn.Linear(config.text_dim, config.dim),
             )
         self.feature_embs = nn.ModuleList(
             nn.Embedding(c + 1, config.feature_dim, padding_idx=PAD)

@@ -258,6 +258,7 @@ class SequentialRecommender:
                 source=self.item_source,
                 feature_cardinalities=inputs.feature_cardinalities,
                 text_dropout=self.dropout,
+                fast_dropout=self.fast_dropout,
             ),
             text=inputs.text,
             features=inputs.features,

@@ -161,6 +161,18 @@ def train_clients(
 
     step_grad = grad(client_loss, has_aux=True)
 
+    def autograd_step(
+        trained: dict[str, torch.Tensor],
+        data: dict[str, torch.Tensor],
+        client_batch: dict[str, torch.Tensor],
+    ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """``step_grad`` by ordinary autograd: the loop needs no transform, and outside
+        one the model's own kernels run (``fast_dropout`` masks, no functorch wrapping)."""
+        leaves = {name: t.detach().requires_grad_(True) for name, t in trained.items()}
+        loss, aux = client_loss(leaves, data, client_batch)
+        grads = torch.autograd.grad(loss, list(leaves.values()), materialize_grads=True)
+        return dict(zip(leaves, grads, strict=True)), aux
+
     def gradients(
         trained: dict[str, torch.Tensor], step: int
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -189,7 +201,7 @@ def train_clients(
             if client_seeds is not None and recommender.seeds_clients:
                 recommender.seed_client((*client_seeds[c], step))
             per_client.append(
-                step_grad(
+                autograd_step(
                     {k: v[c] for k, v in trained.items()},
                     {k: v[c] for k, v in private_data.items()},
                     trim_left_padding({k: v[c] for k, v in batch.items()}),
