@@ -10,6 +10,7 @@ the 1+19 protocol of the LLM issue).
     FEDLLMREC_DATA=../shared/data python scripts/eval_cross_domain.py --out runs/cross-domain
     python scripts/eval_cross_domain.py --quick --out runs/cross-domain-quick   # < 5 minutes
     python scripts/eval_cross_domain.py --llm --out runs/cross-domain   # the LLM rows
+    python scripts/eval_cross_domain.py --llm --llm-set model.llm.dtype=float32 ...  # AVX2 CPUs
 
 ``--llm`` runs the LLM rows instead (SmolLM2 on a seeded subset of test users, same saved
 1+19 lists): their soft tokens read this table's full-FKD run (``OUT/fkd-fed``, trained
@@ -150,11 +151,16 @@ def main() -> None:
     parser.add_argument("--single-seed", action="store_true", help="seed 0 of every row only")
     parser.add_argument("--llm", action="store_true", help="the LLM rows (issue 17)")
     parser.add_argument("--set", action="append", default=[], dest="extra")
+    parser.add_argument(
+        "--llm-set", action="append", default=[], dest="llm_extra",
+        help="an override for the LLM rows only, not the FKD run they read "
+        "(model.llm.dtype=float32 on a CPU without avx512_bf16)",
+    )  # fmt: skip
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.llm:
-        llm_table(out, args.jobs, args.extra)
+        llm_table(out, args.jobs, args.extra, args.llm_extra)
         return
     rows = [r for r in ROWS if (not args.quick or r.name in QUICK_ROWS)]
     if args.rows:
@@ -177,8 +183,9 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
 
 
-def llm_table(out: Path, parallel: int, extra: list[str]) -> None:
-    """The LLM rows and the FKD student they read, on the same test subset."""
+def llm_table(out: Path, parallel: int, extra: list[str], llm_extra: Sequence[str] = ()) -> None:
+    """The LLM rows and the FKD student they read, on the same test subset; ``extra``
+    overrides every run, ``llm_extra`` the LLM rows only."""
     source = next(r for r in ROWS if r.name == SOURCE)
     run, sets = source.runs()[0]
     run_jobs([TrainJob(source.recipe, run, [*sets, *_applicable(source, extra)], out / run)], 1)
@@ -187,7 +194,7 @@ def llm_table(out: Path, parallel: int, extra: list[str]) -> None:
     for row in sorted(LLM_ROWS, key=lambda r: r.name != "llm-fed"):
         soft = [f"model.source={out / SOURCE}"] if row.name in SOFT_ROWS else []
         for name, sets in row.runs():
-            overrides = [*sets, *soft, *_applicable(row, extra)]
+            overrides = [*sets, *soft, *_applicable(row, [*extra, *llm_extra])]
             jobs.append(TrainJob(row.recipe, name, overrides, out / name))
     wall = run_jobs(jobs, parallel)
     results = {job.run: run_metrics(job.out) for job in jobs}

@@ -191,6 +191,14 @@ def test_fkd_trains_and_scores_each_domain_with_its_student(
     users = np.arange(5)
     arts = np.flatnonzero(ds.item_domain == 0)[:30][None].repeat(5, 0)
     scores = rec.score(users, arts, history)
+    # A broadcast catalogue (the full ranking's) is gathered by column: the same scores.
+    catalogue = np.broadcast_to(arts[0], arts.shape)
+    np.testing.assert_array_equal(rec.score(users, catalogue, history), scores)
+    rec.fkd.score_with = "teacher"
+    np.testing.assert_array_equal(
+        rec.score(users, catalogue, history), rec.score(users, arts, history)
+    )
+    rec.fkd.score_with = "student"
     with torch.no_grad():
         students.id_emb[1] += 1.0  # the office student changes: arts scores do not
     np.testing.assert_array_equal(rec.score(users, arts, history), scores)

@@ -120,3 +120,21 @@ def test_split_is_deterministic(art_office: RecDataset, config: SplitConfig) -> 
     a = leave_one_out(art_office, config)
     b = leave_one_out(art_office, config)
     np.testing.assert_array_equal(a.role, b.role)
+
+
+def test_grid_hits_finds_the_pairs_contains_finds(art_office: RecDataset) -> None:
+    # The full-ranking evaluator's exclusion: each user's touched items among a domain's
+    # catalogue, from the user's own keys, equal to the (B, C) grid of lookups.
+    split = leave_one_out(art_office)
+    touched = split.touched
+    rng = np.random.default_rng(0)
+    users = np.concatenate([rng.choice(art_office.n_users, 64, replace=False), [0, 0]])
+    for domain in range(len(art_office.domains)):
+        catalogue = split.active_items(domain)
+        grid = np.zeros((users.shape[0], catalogue.shape[0]), dtype=bool)
+        rows, cols = touched.grid_hits(users, catalogue)
+        grid[rows, cols] = True
+        np.testing.assert_array_equal(grid, touched.contains(users[:, None], catalogue[None, :]))
+        assert grid.sum() > users.shape[0]  # every user touched items of each domain
+    empty = touched.grid_hits(users, catalogue[:0])
+    assert empty[0].shape == empty[1].shape == (0,)

@@ -94,6 +94,16 @@ class Candidates:
         )
 
 
+def catalogue_row(items: np.ndarray) -> np.ndarray | None:
+    """The one row every row of ``items`` (B, C) is, when ``items`` is a broadcast view of
+    it (the full ranking: every user ranks the same catalogue), else None. A scorer may
+    then gather scores by column once instead of row by row."""
+    items = np.asarray(items)
+    if items.ndim == 2 and items.shape[0] > 1 and items.strides[0] == 0:
+        return items[0]
+    return None
+
+
 def _available(pool: np.ndarray, user: int, touched: UserItemSet) -> int:
     """How many items of ``pool`` ``user`` never touched."""
     return pool.shape[0] - int(np.isin(touched.items_of(user), pool).sum())

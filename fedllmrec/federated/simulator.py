@@ -24,6 +24,7 @@ from typing import Any, Self
 import numpy as np
 import torch
 
+from fedllmrec.data.candidates import catalogue_row
 from fedllmrec.data.sequences import domain_windows, left_pad
 from fedllmrec.data.split import Split, UserItemSet
 from fedllmrec.errors import FedLLMRecError
@@ -327,14 +328,13 @@ class FederatedRecommender(FederationServer):
         items = np.asarray(items)
         row_domain = rec.split.dataset.item_domain[items[:, 0]]
         out = np.empty(np.shape(items), dtype=np.float32)
-        # A broadcast catalogue (full ranking) stays one: the model may gather it by column.
-        catalogue = items.ndim == 2 and items.shape[0] > 1 and items.strides[0] == 0
+        catalogue = catalogue_row(items)  # a full ranking's stays one: gathered by column
         for d in np.unique(row_domain).tolist():
             rows = np.flatnonzero(row_domain == d)
             block = (
-                np.broadcast_to(items[0], (rows.shape[0], items.shape[1]))
-                if catalogue
-                else items[rows]
+                items[rows]
+                if catalogue is None
+                else np.broadcast_to(catalogue, (rows.shape[0], catalogue.shape[0]))
             )
             out[rows] = rec.score(users[rows], block, self._domain_history(history, d))
         return out

@@ -40,6 +40,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
+from fedllmrec.data.candidates import catalogue_row
 from fedllmrec.data.sequences import domain_windows, left_pad, observed_sequences
 from fedllmrec.data.split import Split, UserItemSet
 from fedllmrec.errors import FedLLMRecError, check_option
@@ -522,8 +523,9 @@ class FKDRecommender(SequentialRecommender):
         net.eval()
         # A broadcast catalogue (the full ranking: every row the same items) is gathered
         # by column, once, instead of row by row.
-        catalogue = items.ndim == 2 and items.shape[0] > 1 and items.strides[0] == 0
-        items = np.asarray(items[:1] if catalogue else items, dtype=np.int64)
+        row = catalogue_row(items)
+        catalogue = row is not None
+        items = np.asarray(items if row is None else row[None], dtype=np.int64)
         row_domain = ds.item_domain[items[:, 0]]
         if catalogue:
             row_domain = np.broadcast_to(row_domain, (len(users),))
