@@ -86,16 +86,25 @@ def pytest_runtest_makereport(
     report = yield
     if report.skipped and isinstance(report.longrepr, tuple):
         reason = str(report.longrepr[2])
-        match = MISSING.search(reason)
-        if match:
-            _missing_tests.add(item.nodeid)
-            for path in match["path"].split(", "):
-                _missing[path] += 1
-            if os.environ.get(REQUIRE_ENV) == "1":
-                report.outcome = "failed"
-                why = reason.removeprefix("Skipped: ")
-                report.longrepr = f"{why}; {REQUIRE_ENV}=1 makes this a failure, not a skip"
+        if MISSING.search(reason) and os.environ.get(REQUIRE_ENV) == "1":
+            report.outcome = "failed"
+            why = reason.removeprefix("Skipped: ")
+            report.longrepr = f"{why}; {REQUIRE_ENV}=1 makes this a failure, not a skip"
     return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    # Counted where reports arrive, so that under xdist the controller, which prints the
+    # summary below, sees every worker's tests too.
+    if not (report.skipped or report.failed) or report.longrepr is None:
+        return
+    longrepr = report.longrepr
+    reason = str(longrepr[2]) if isinstance(longrepr, tuple) else str(longrepr)
+    match = MISSING.search(reason)
+    if match and report.nodeid not in _missing_tests:
+        _missing_tests.add(report.nodeid)
+        for path in match["path"].split(", "):
+            _missing[path] += 1
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
