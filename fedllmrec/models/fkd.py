@@ -535,7 +535,8 @@ class FKDRecommender(SequentialRecommender):
             observed = observed_sequences(self.split, history, users[rows])
             seqs = [s[ds.item_domain[s] == d] for s in observed]  # this domain's part only
             seq = torch.from_numpy(left_pad(seqs, self.max_len))  # shifted ids, 0 = pad
-            shifted = torch.from_numpy(items if catalogue else items[rows]) + 1  # (R or 1, C)
+            # +1 in numpy: a fresh, writable array (a broadcast catalogue row is read-only).
+            shifted = torch.from_numpy((items if catalogue else items[rows]) + 1)  # (R or 1, C)
             if self.fkd.score_with == "teacher":
                 assert net.teacher is not None
                 state = net.teacher(seq)[:, -1]  # (R, D)
