@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ class Row:
     overrides: Sequence[str] = ()
     seeds: Sequence[int] = (0,)
     trains: bool = True  # baselines fit in one call; the trainer handles both
+    minutes: float = 1.0  # one seed's wall time on one core (converged table, AMD EPYC)
 
     def runs(self) -> list[tuple[str, list[str]]]:
         """(run directory name, overrides) of every seed."""
@@ -63,35 +63,37 @@ HEADLINE = (0, 1, 2)
 # Every row is a recipe of its own (recipes/fkd-*-art-office.toml state what they change
 # from their base); the variants' deltas are recipe keys, not command-line overrides.
 ROWS: tuple[Row, ...] = (
-    Row("popularity", "popularity", "recipes/popularity-art-office.toml"),
-    Row("itemknn", "item-kNN (in-domain history)", "recipes/itemknn-art-office.toml"),
+    Row("popularity", "popularity", "recipes/popularity-art-office.toml", minutes=0.2),
+    Row("itemknn", "item-kNN (in-domain history)", "recipes/itemknn-art-office.toml",
+        minutes=0.2),
     Row("sasrec-single", "single-domain SASRec (each domain alone)",
-        "recipes/fkd-student-art-office.toml"),
+        "recipes/fkd-student-art-office.toml", minutes=2.7),
     Row("gru4rec-single", "single-domain GRU4Rec (each domain alone)",
-        "recipes/fkd-student-gru4rec-art-office.toml"),
+        "recipes/fkd-student-gru4rec-art-office.toml", minutes=2.8),
     Row("teacher-central", "text-only teacher, centralized",
-        "recipes/fkd-teacher-art-office.toml"),
-    Row("teacher-fed", "text-only teacher, federated", "recipes/fkd-teacher-fed-art-office.toml"),
+        "recipes/fkd-teacher-art-office.toml", minutes=6.2),
+    Row("teacher-fed", "text-only teacher, federated", "recipes/fkd-teacher-fed-art-office.toml",
+        minutes=5.7),
     Row("student-fed", "federated ID student, no KD", "recipes/fkd-student-fed-art-office.toml",
-        seeds=HEADLINE),
-    Row("factual-fed", "+ factual KD", "recipes/fkd-factual-fed-art-office.toml"),
-    Row("counter-fed", "+ counterfactual KD", "recipes/fkd-counter-fed-art-office.toml"),
-    Row("fkd-fed", "+ alignment (full FKD)", "recipes/fkd-fed-art-office.toml", seeds=HEADLINE),
+        seeds=HEADLINE, minutes=3.2),
+    Row("factual-fed", "+ factual KD", "recipes/fkd-factual-fed-art-office.toml",
+        minutes=7.8),
+    Row("counter-fed", "+ counterfactual KD", "recipes/fkd-counter-fed-art-office.toml",
+        minutes=14.3),
+    Row("fkd-fed", "+ alignment (full FKD)", "recipes/fkd-fed-art-office.toml", seeds=HEADLINE,
+        minutes=15.5),
     Row("fkd-fed-sigma0", "full FKD, sigma = 0 (no protection)",
-        "recipes/fkd-unprotected-fed-art-office.toml"),
+        "recipes/fkd-unprotected-fed-art-office.toml", minutes=12.3),
     Row("fkd-upper-central",
         "centralized FKD upper bound (both domains' raw data, unprotected vectors, one process)",
-        "recipes/fkd-upper-central-art-office.toml"),
+        "recipes/fkd-upper-central-art-office.toml", minutes=9.5),
     Row(
         "upper-central",
         "single model on both domains' raw mixed sequences (ID + original text)",
         "recipes/sasrec-idtext-pop-art-office.toml",
+        minutes=5.4,
     ),
 )  # fmt: skip
-
-PRIORITY = ("popularity", "itemknn", "fkd-fed", "student-fed", "sasrec-single", "factual-fed",
-            "counter-fed", "fkd-fed-sigma0", "fkd-upper-central", "teacher-fed",
-            "upper-central")  # fmt: skip
 
 # The main job's cross-domain stage: 1,000 users, 2 short rounds, the cheap protocols.
 QUICK_SETS = [
@@ -171,9 +173,10 @@ def main() -> None:
         for row in rows
         for run, sets in (row.runs()[:1] if args.quick or args.single_seed else row.runs())
     ]
-    # The headline comparison first: a stopped run still leaves the rows that matter most.
-    first = {name: i for i, name in enumerate(PRIORITY)}
-    order = sorted(jobs, key=lambda job: first.get(re.sub(r"-s\d+$", "", job.run), len(first)))
+    # Longest first (LPT): two cores end within about one short job of each other. The
+    # longest is full FKD, the headline row, so a stopped run still leaves it.
+    minutes = {run: row.minutes for row in rows for run, _ in row.runs()}
+    order = sorted(jobs, key=lambda job: -minutes[job.run])
     wall = run_jobs(order, args.jobs)
     results = {job.run: run_metrics(job.out) for job in jobs}
     table = render(rows, results, quick=args.quick, single=args.single_seed)

@@ -24,6 +24,7 @@ from fedllmrec.federated.config import FederationConfig, LocalConfig, PrivacyCon
 from fedllmrec.federated.ownership import Owner
 from fedllmrec.federated.simulator import FederatedRecommender
 from fedllmrec.federated.uploads import Part, Uploads
+from fedllmrec.models.base import scoring_session
 from fedllmrec.models.fkd import FKDConfig, FKDRecommender, distillation
 from fedllmrec.models.negatives import PopularityProposal
 from fedllmrec.semantics.protect import (
@@ -214,6 +215,45 @@ def test_fkd_trains_and_scores_each_domain_with_its_student(
     shifted = rec.score(users, arts, history)
     np.testing.assert_allclose(shifted[:, 3] - scores[:, 3], 2.0, rtol=1e-5)
     np.testing.assert_array_equal(np.delete(shifted, 3, 1), np.delete(scores, 3, 1))
+
+
+def test_a_scoring_session_encodes_each_user_once_and_scores_alike(
+    ao_split: Split, vectors: np.ndarray
+) -> None:
+    """An evaluation's modes score the same users: within a session their states are
+    encoded once, and every score equals the one computed without the session."""
+    rec = small_fkd(vectors, **FULL).setup(ao_split)
+    some_windows(rec)
+    rec.train_epoch()
+    ds = ao_split.dataset
+    history = ao_split.observed("test")
+    assert ao_split.observed("test") is history  # one object per role: the memo's key
+    arts = np.flatnonzero(ds.item_domain == 0)[:30]
+    office = np.flatnonzero(ds.item_domain == 1)[:30]
+    users = np.array([3, 1, 4, 1, 5, 9, 2, 6])  # user 1 twice
+    items = np.stack([arts if u % 2 else office for u in users])  # both domains' rows
+    students = rec.net.students
+    assert students is not None
+    encoded: list[int] = []
+    states = students.states
+
+    def counting(seq: torch.Tensor, vectors: torch.Tensor, slot: int) -> torch.Tensor:
+        encoded.append(seq.shape[0])
+        return states(seq, vectors, slot)
+
+    for score_with in ("student", "teacher"):
+        rec.fkd.score_with = score_with
+        plain = rec.score(users, items, history)
+        with scoring_session(rec):
+            students.states = counting  # type: ignore[method-assign]
+            first = rec.score(users, items, history)
+            again = rec.score(users[::-1], items[::-1], history)  # same users, new batch
+            students.states = states  # type: ignore[method-assign]
+        np.testing.assert_array_equal(first, plain)
+        np.testing.assert_array_equal(again, plain[::-1])
+        if score_with == "student":  # 7 distinct (user, domain) pairs, encoded once each
+            assert sum(encoded) == len({(int(u), int(u % 2)) for u in users})
+    assert rec.score(users, items, history).shape == items.shape  # the session closed
 
 
 def test_popularity_draws_stay_in_the_targets_domain(art_office: RecDataset) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.func import vmap
 
-from fedllmrec.models.dropout import LEVELS, Dropout, keep_mask
+from fedllmrec.models.dropout import LEVELS, Dropout, keep_mask, random_bytes
 
 
 @pytest.mark.parametrize("p", [0.5, 0.2, 0.05])
@@ -20,6 +21,13 @@ def test_masks_drop_at_rate_p_and_keep_the_mean(p: float) -> None:
     scale = LEVELS / (LEVELS - round(p * LEVELS))
     assert mask.unique().tolist() == [0.0, pytest.approx(scale)]
     assert float(mask.double().mean()) == pytest.approx(1.0, abs=5e-3)  # inverted dropout
+
+
+@pytest.mark.parametrize("length", [1, 7, 8, 13, 4096, 99_999])
+def test_random_bytes_are_pcg64_generator_bytes(length: int) -> None:
+    """The raw-output shortcut gives exactly the bytes Generator.bytes gave: same masks."""
+    expected = np.random.Generator(np.random.PCG64(2**40 + 7)).bytes(length)
+    assert random_bytes(2**40 + 7, length).tobytes() == expected
 
 
 def test_masks_follow_torch_seed() -> None:

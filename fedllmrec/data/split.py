@@ -154,11 +154,22 @@ class Split:
     def observed(self, before: int | str) -> UserItemSet:
         """(user, item) pairs a model may know when evaluating role ``before``.
 
-        Validation sees train interactions; test sees train and validation.
+        Validation sees train interactions; test sees train and validation. Built once
+        per role and shared: every mode of an evaluation gets the same object (a model
+        may memoise per-user work by it).
         """
         code = ROLE_NAMES.index(before) if isinstance(before, str) else before
-        mask = self.role < code
-        return UserItemSet(self.dataset.user[mask], self.dataset.item[mask], self.dataset.n_items)
+        built = self._observed_sets
+        if code not in built:
+            mask = self.role < code
+            ds = self.dataset
+            built[code] = UserItemSet(ds.user[mask], ds.item[mask], ds.n_items)
+        return built[code]
+
+    @cached_property
+    def _observed_sets(self) -> dict[int, UserItemSet]:
+        """role code -> :meth:`observed`'s set, filled on first use."""
+        return {}
 
     def active_items(self, domain: int) -> np.ndarray:
         """Items of ``domain`` that occur in the (filtered) interactions, sorted."""

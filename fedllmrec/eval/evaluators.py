@@ -21,7 +21,7 @@ from fedllmrec.errors import FedLLMRecError
 from fedllmrec.eval.metrics import TiePolicy, click_metrics
 from fedllmrec.eval.ranking import Mode, evaluate_ranking
 from fedllmrec.eval.retrieved import RETRIEVED_K, evaluate_retrieved
-from fedllmrec.models.base import Recommender
+from fedllmrec.models.base import Recommender, scoring_session
 
 # sampled-19: the LLM protocol's 1 + 19; retrieved-20: the top 20 retrieved (eval/retrieved.py)
 EvalMode = Literal["full", "sampled", "sampled-19", "retrieved-20"]
@@ -127,6 +127,10 @@ class RankingEvaluator:
         return self._test_subset
 
     def __call__(self, model: Scorer, role: str) -> dict[str, float]:
+        with scoring_session(model):  # user states computed once for every mode
+            return self._evaluate(model, role)
+
+    def _evaluate(self, model: Scorer, role: str) -> dict[str, float]:
         out: dict[str, float] = {}
         valid = role == "valid" and self.valid_modes is not None
         modes = self.valid_modes if valid and self.valid_modes is not None else self.modes

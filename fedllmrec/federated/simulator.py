@@ -18,6 +18,7 @@ the local training on its nodes (:meth:`local_training`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -49,6 +50,7 @@ from fedllmrec.federated.uploads import (
     Part,
     UploadTransform,
 )
+from fedllmrec.models.base import scoring_session
 from fedllmrec.models.mrff import MRFF
 from fedllmrec.models.sequential import SequentialRecommender
 
@@ -338,6 +340,11 @@ class FederatedRecommender(FederationServer):
             )
             out[rows] = rec.score(users[rows], block, self._domain_history(history, d))
         return out
+
+    def scoring_session(self) -> AbstractContextManager[None]:
+        """The recommender's scoring session (:func:`fedllmrec.models.base.scoring_session`):
+        every client scores with the same weights during one evaluation."""
+        return scoring_session(self.recommender)
 
     def _domain_history(self, history: UserItemSet, domain: int) -> UserItemSet:
         """The pairs of ``history`` whose item is of ``domain`` (what that domain's client

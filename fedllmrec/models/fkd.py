@@ -29,7 +29,8 @@ Design choices and their reasons: docs/cross-domain.md.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar, Literal
@@ -283,6 +284,10 @@ class FKDRecommender(SequentialRecommender):
     fkd: FKDConfig = field(default_factory=FKDConfig)
     protection: ProtectionConfig = field(default_factory=ProtectionConfig)
     semantics: SharedSemantics | None = field(default=None, repr=False)
+    # (history id, encoder, user) -> the user's last state, while a scoring session is open.
+    _session: dict[tuple[int, int, int], torch.Tensor] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -519,7 +524,7 @@ class FKDRecommender(SequentialRecommender):
         only, by the row's domain student (or the teacher, ``score_with = "teacher"``)."""
         if self.model is None or self.split is None:
             raise RuntimeError("call fit() before score()")
-        net, ds = self.net, self.split.dataset
+        net, split, ds = self.net, self.split, self.split.dataset
         net.eval()
         # A broadcast catalogue (the full ranking: every row the same items) is gathered
         # by column, once, instead of row by row.
@@ -532,26 +537,69 @@ class FKDRecommender(SequentialRecommender):
         out = np.empty((len(users), items.shape[1]), dtype=np.float32)
         for d in np.unique(row_domain).tolist():
             rows = np.flatnonzero(row_domain == d)
-            observed = observed_sequences(self.split, history, users[rows])
-            seqs = [s[ds.item_domain[s] == d] for s in observed]  # this domain's part only
-            seq = torch.from_numpy(left_pad(seqs, self.max_len))  # shifted ids, 0 = pad
+
+            def domain_seq(who: np.ndarray, d: int = d) -> torch.Tensor:
+                """Left-padded shifted ids (R, T) of ``who``'s domain-``d`` history."""
+                observed = observed_sequences(split, history, who)
+                seqs = [s[ds.item_domain[s] == d] for s in observed]  # this domain's part
+                return torch.from_numpy(left_pad(seqs, self.max_len))
+
             # +1 in numpy: a fresh, writable array (a broadcast catalogue row is read-only).
             shifted = torch.from_numpy((items if catalogue else items[rows]) + 1)  # (R or 1, C)
             if self.fkd.score_with == "teacher":
                 assert net.teacher is not None
-                state = net.teacher(seq)[:, -1]  # (R, D)
+                state = self._states(history, -1, users[rows], domain_seq, self._teacher_states)
                 table = net.teacher.items.table()  # (n_items + 1, D)
                 out[rows] = _gather(state @ table.T, shifted).numpy()
                 continue
             students = net.students
             assert students is not None
             slot = d if students.n_slots > 1 else 0
-            state = self._student_states(seq, slot)  # (R, D)
+            state = self._states(history, slot, users[rows], domain_seq,
+                                 partial(self._student_states, slot=slot))  # fmt: skip
             scores = students.scores(state, slot)  # (R, L + 1) at local ids
             out[rows] = _gather(scores, students.local_index[shifted]).numpy()
         return out
 
+    @contextmanager
+    def scoring_session(self) -> Iterator[None]:
+        """Within, each user's state per history and encoder is computed once and reused
+        (an evaluation scores the same users in several modes; see
+        :func:`fedllmrec.models.base.scoring_session`). Weights must not change inside."""
+        self._session = {}
+        try:
+            yield
+        finally:
+            self._session = None
+
+    def _states(
+        self,
+        history: UserItemSet,
+        encoder: int,
+        users: np.ndarray,
+        sequences: Callable[[np.ndarray], torch.Tensor],
+        encode: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``encode(sequences(users))``: the users' states (R, D), from the open scoring
+        session's memo where it holds them (``encoder``: a student slot, -1 the teacher)."""
+        memo = self._session
+        if memo is None:
+            return encode(sequences(users))
+        keys = [(id(history), encoder, int(u)) for u in users]
+        missing = list(dict.fromkeys(k for k in keys if k not in memo))  # unique, in order
+        if missing:
+            fresh = encode(sequences(np.array([k[2] for k in missing], dtype=np.int64)))
+            memo.update(zip(missing, fresh, strict=True))
+        return torch.stack([memo[k] for k in keys])
+
     # ------------------------------------------------------------------ representations
+
+    def _teacher_states(self, seq: torch.Tensor) -> torch.Tensor:
+        """The teacher's last state (R, D) of left-padded shifted ``seq`` (R, T)."""
+        teacher = self.net.teacher
+        assert teacher is not None
+        out: torch.Tensor = teacher(seq)[:, -1]
+        return out
 
     def _student_states(self, seq: torch.Tensor, slot: int) -> torch.Tensor:
         """Student ``slot``'s last state (R, D) of left-padded shifted ``seq`` (R, T)."""

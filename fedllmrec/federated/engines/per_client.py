@@ -227,10 +227,12 @@ def train_clients(
             )
         leaves = {name: t.clone() for name, t in initial.items()}
         optimizer: torch.optim.Optimizer
+        # foreach: the multi-tensor kernels, 1.5x faster on CPU, the same values bit for bit
+        # as the per-tensor loop (tests/test_federated_engines.py); not fused: that differs.
         if config.optimizer == "adam":
-            optimizer = torch.optim.Adam(list(leaves.values()), lr=config.lr, foreach=False)
+            optimizer = torch.optim.Adam(list(leaves.values()), lr=config.lr, foreach=True)
         else:
-            optimizer = torch.optim.SGD(list(leaves.values()), lr=config.lr, foreach=False)
+            optimizer = torch.optim.SGD(list(leaves.values()), lr=config.lr, foreach=True)
         for step in range(config.steps):
             if step:
                 trained = {name: t.detach() for name, t in leaves.items()}
