@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from fedllmrec.errors import FedLLMRecError
 from fedllmrec.models.llm import load_llm, score_candidates, score_candidates_uncached
-from fedllmrec.models.llm.backbone import converted_dir, gguf_path
+from fedllmrec.models.llm.backbone import converted_dir, gguf_path, resolve_device
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,21 @@ def test_the_packaged_gguf_is_converted_once_to_plain_weights(llm) -> None:  # t
     mtime = (folder / "config.json").stat().st_mtime_ns
     load_llm()  # the second load reads the converted folder, it does not convert again
     assert (folder / "config.json").stat().st_mtime_ns == mtime
+
+
+def test_the_device_option_resolves_or_says_why_not(llm) -> None:  # type: ignore[no-untyped-def]
+    """model.llm.device: 'auto' takes the GPU when there is one; a bad name is one error."""
+    model, _ = llm
+    assert next(model.parameters()).device == torch.device("cpu")  # the default
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad in ("tpu", "gpu0", "mps"):
+        with pytest.raises(FedLLMRecError, match=r"model\.llm\.device"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(FedLLMRecError, match="no CUDA device"):
+            resolve_device("cuda:0")
 
 
 def _prompt_and_candidates(tokenizer):  # type: ignore[no-untyped-def]

@@ -181,6 +181,20 @@ def test_soft_tokens_read_the_students_vectors_and_train(
     np.testing.assert_allclose(norms.detach().numpy(), soft.token_norm, rtol=1e-4)
 
 
+def test_federated_llm_clients_refuse_a_gpu_device() -> None:
+    """The seam serialises CPU tensors: a federated LLM says so before loading anything."""
+    import dataclasses
+
+    from fedllmrec.errors import FedLLMRecError
+    from fedllmrec.models.llm.backbone import LLMConfig
+
+    config = dataclasses.replace(tuned("lora"), llm=LLMConfig(device="cuda"))
+    federation = FederationConfig(partition="domain", engine="loop")
+    fed = FederatedLLM(TunedLLMRecommender(config), federation)
+    with pytest.raises(FedLLMRecError, match=r"model\.llm\.device 'cuda': clients run on the CPU"):
+        fed.check_options()
+
+
 def test_domain_clients_keep_their_private_adapter_and_send_the_global_one(
     ao_split: Split,
 ) -> None:

@@ -11,8 +11,9 @@ are summed over the processes (``torch.distributed.all_reduce``: gloo on CPU, NC
 GPUs) before every optimiser step, so the processes stay identical and the run equals one
 process on the same global batch. On CPU, accelerate 1.16's ``--cpu`` flag always starts
 one process; two CPU processes are started with ``--multi_gpu`` (torchrun), and this entry
-asks accelerate for the CPU when no CUDA device is there. The model computes on the CPU
-(the LLM code places no tensor on a GPU yet). Every process trains and evaluates (the same
+asks accelerate for the CPU when no CUDA device is there. Each process computes on its
+accelerator's device (``model.llm.device`` is set to it: ``cuda:r`` on GPUs, the CPU
+here). Every process trains and evaluates (the same
 numbers); process 0 writes the run to ``--out`` (resumable, as ``fedllmrec train``), process
 ``r`` to ``--out/replica-r`` (so it resumes too). Centralized LLM recipes only: federated
 ones run with ``fedllmrec train``.
@@ -63,7 +64,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    recipe = load_recipe(args.recipe, args.overrides).reading(args.data_dir)
+    # The LLM, its projectors and every prompt on this process's device (cuda:r or the CPU).
+    overrides = [*args.overrides, f"model.llm.device={accelerator.device}"]
+    recipe = load_recipe(args.recipe, overrides).reading(args.data_dir)
     with accelerator.main_process_first():  # one process prepares the data, the rest read it
         prepared = recipe.prepare()
     model = recipe.build_model(prepared)

@@ -82,7 +82,7 @@ def title_scores(fed: FederatedLLM, items: np.ndarray, order: np.ndarray, group:
         index = order[lo : lo + group]
         shown = items[index]
         prompt = rec.prompts.encode([], shown.tolist())
-        embeds = rec.model.get_input_embeddings()(prompt.ids)  # (P, H), no soft token
+        embeds = rec.embed_prompt(prompt)  # (P, H), no soft token
         out[index] = rec.score_row(embeds, shown).float().numpy()
     return out
 

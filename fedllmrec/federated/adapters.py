@@ -142,6 +142,9 @@ class FederatedLLM(FederationServer):
             problems.append("local.length_buckets: the LLM's rows are not windows")
         if cfg.local.batch_size:
             problems.append("local.batch_size: the rows per step are model.train.batch_rows")
+        if rec.config.llm.device != "cpu":
+            # The seam serialises CPU tensors; a client's weights stay where the server is.
+            problems.append(f"model.llm.device {rec.config.llm.device!r}: clients run on the CPU")
         if cfg.partition == "user" and rec.config.uses_soft:
             problems.append(
                 "partition 'user': soft tokens read per-domain item vectors (domain clients)"

@@ -284,8 +284,9 @@ class FKDRecommender(SequentialRecommender):
     fkd: FKDConfig = field(default_factory=FKDConfig)
     protection: ProtectionConfig = field(default_factory=ProtectionConfig)
     semantics: SharedSemantics | None = field(default=None, repr=False)
-    # (history id, encoder, user) -> the user's last state, while a scoring session is open.
-    _session: dict[tuple[int, int, int], torch.Tensor] | None = field(
+    # (history id, domain, encoder, user) -> the user's last state of that domain's
+    # sequence, while a scoring session is open.
+    _session: dict[tuple[int, int, int, int], torch.Tensor] | None = field(
         default=None, init=False, repr=False, compare=False
     )
 
@@ -548,14 +549,15 @@ class FKDRecommender(SequentialRecommender):
             shifted = torch.from_numpy((items if catalogue else items[rows]) + 1)  # (R or 1, C)
             if self.fkd.score_with == "teacher":
                 assert net.teacher is not None
-                state = self._states(history, -1, users[rows], domain_seq, self._teacher_states)
+                teacher = self._teacher_states
+                state = self._states((history, d, -1), users[rows], domain_seq, teacher)
                 table = net.teacher.items.table()  # (n_items + 1, D)
                 out[rows] = _gather(state @ table.T, shifted).numpy()
                 continue
             students = net.students
             assert students is not None
             slot = d if students.n_slots > 1 else 0
-            state = self._states(history, slot, users[rows], domain_seq,
+            state = self._states((history, d, slot), users[rows], domain_seq,
                                  partial(self._student_states, slot=slot))  # fmt: skip
             scores = students.scores(state, slot)  # (R, L + 1) at local ids
             out[rows] = _gather(scores, students.local_index[shifted]).numpy()
@@ -574,21 +576,24 @@ class FKDRecommender(SequentialRecommender):
 
     def _states(
         self,
-        history: UserItemSet,
-        encoder: int,
+        what: tuple[UserItemSet, int, int],
         users: np.ndarray,
         sequences: Callable[[np.ndarray], torch.Tensor],
         encode: Callable[[torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
         """``encode(sequences(users))``: the users' states (R, D), from the open scoring
-        session's memo where it holds them (``encoder``: a student slot, -1 the teacher)."""
+        session's memo where it holds them. ``what`` is (history, domain, encoder): the
+        sequences are the users' ``domain`` part of ``history``, the encoder a student
+        slot or -1 for the teacher (a user's state differs by domain even for one encoder).
+        """
         memo = self._session
         if memo is None:
             return encode(sequences(users))
-        keys = [(id(history), encoder, int(u)) for u in users]
+        history, domain, encoder = what
+        keys = [(id(history), domain, encoder, int(u)) for u in users]
         missing = list(dict.fromkeys(k for k in keys if k not in memo))  # unique, in order
         if missing:
-            fresh = encode(sequences(np.array([k[2] for k in missing], dtype=np.int64)))
+            fresh = encode(sequences(np.array([k[3] for k in missing], dtype=np.int64)))
             memo.update(zip(missing, fresh, strict=True))
         return torch.stack([memo[k] for k in keys])
 

@@ -49,10 +49,30 @@ class LLMConfig:
         scorers agree to 1e-6; in bf16 they differ by up to 0.08). bf16 was slower than fp32
         on the CPUs without AMX measured earlier, 2.7x faster on an AMX Xeon, with the same
         zero-shot HR@1 on 100 users (docs/benchmarks.md).
+    device : str
+        Where the LLM, the projectors and every prompt tensor live: ``"cpu"`` (default),
+        ``"cuda"``, ``"cuda:N"``, or ``"auto"`` (the GPU when there is one). The accelerate
+        entry point sets it to its process's device; federated clients run on the CPU.
     """
 
     model: str = DEFAULT_LLM
     dtype: Literal["float32", "bfloat16"] = "float32"
+    device: str = "cpu"
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device of :attr:`LLMConfig.device` (``"auto"``: CUDA if available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise FedLLMRecError(f"model.llm.device = {name!r}: not a torch device ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FedLLMRecError(f"model.llm.device = {name!r}: no CUDA device here (use 'auto')")
+    if device.type not in ("cpu", "cuda"):
+        raise FedLLMRecError(f"model.llm.device = {name!r}: 'cpu', 'cuda[:N]' or 'auto'")
+    return device
 
 
 def gguf_path() -> Path:
@@ -115,7 +135,8 @@ def resolve_llm_path(model: str) -> Path:
 
 
 def load_llm(config: LLMConfig | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The frozen LLM (eval mode, no gradients) and its tokenizer, offline.
+    """The frozen LLM (eval mode, no gradients, on ``config.device``) and its tokenizer,
+    offline.
 
     The tokenizer pads on the left (generation continues the last position); the scorer
     right-pads the continuations it scores itself.
@@ -126,6 +147,7 @@ def load_llm(config: LLMConfig | None = None) -> tuple[PreTrainedModel, PreTrain
     path = resolve_llm_path(config.model)
     dtype = torch.float32 if config.dtype == "float32" else torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    torch.nn.Module.to(model, resolve_device(config.device))  # transformers types .to oddly
     model.eval()
     model.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -213,8 +213,22 @@ class LLMRecommender:
                     # a Tensor; transformers annotates it Tensor | Module
                     token_norm=token_norm(model.get_input_embeddings().weight),  # type: ignore[arg-type]
                     config=cfg.soft,
-                )
+                ).to(self.device)
         return self
+
+    @property
+    def device(self) -> torch.device:
+        """Where the LLM computes (``model.llm.device``); prompts are moved there."""
+        if self.model is None:
+            raise RuntimeError("call fit() first")
+        return next(self.model.parameters()).device
+
+    def embed_prompt(self, prompt: EncodedPrompt) -> torch.Tensor:
+        """The input embeddings (P, H) of ``prompt``'s tokens, on the LLM's device (its soft
+        places still hold the placeholder's embedding)."""
+        assert self.model is not None
+        embeds: torch.Tensor = self.model.get_input_embeddings()(prompt.ids.to(self.device))
+        return embeds
 
     def shown_order(self, user: int, n: int) -> np.ndarray:
         """The seeded order a user's ``n`` candidates are shown in (a permutation)."""
@@ -243,8 +257,7 @@ class LLMRecommender:
     def prompt_embeds(self, prompt: EncodedPrompt, seq: np.ndarray, domain: int) -> torch.Tensor:
         """The prompt's input embeddings (P, H), soft tokens written in (the user token from
         the source's state of the in-domain ``seq``)."""
-        assert self.model is not None
-        embeds: torch.Tensor = self.model.get_input_embeddings()(prompt.ids)
+        embeds = self.embed_prompt(prompt)
         if self.soft is None:
             return embeds
         assert self.source is not None
@@ -275,5 +288,5 @@ class LLMRecommender:
             embeds = self.prompt_embeds(
                 encoded, self.domain_history(seq, items[r]), int(item_domain[items[r, 0]])
             )
-            out[r, order] = self.score_row(embeds, shown).float().numpy()
+            out[r, order] = self.score_row(embeds, shown).float().cpu().numpy()
         return out

@@ -37,10 +37,11 @@ def _right_pad(candidates: Sequence[Sequence[int]], pad: int) -> tuple[torch.Ten
 
 
 def _chunks(
-    candidates: Sequence[Sequence[int]], chunk: int, pad: int
+    candidates: Sequence[Sequence[int]], chunk: int, pad: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The right-padded candidates (ids, mask), ``chunk`` rows at a time."""
+    """The right-padded candidates (ids, mask) on ``device``, ``chunk`` rows at a time."""
     ids, mask = _right_pad(candidates, pad)
+    ids, mask = ids.to(device), mask.to(device)
     for start in range(0, ids.shape[0], chunk):
         yield ids[start : start + chunk], mask[start : start + chunk]
 
@@ -74,7 +75,8 @@ def score_candidates(
     model : PreTrainedModel
         A causal LM (its adapters, if any, active).
     prompt : torch.Tensor
-        (P, H) input embeddings of the shared prompt (soft tokens already written in).
+        (P, H) input embeddings of the shared prompt (soft tokens already written in), on
+        the model's device (every tensor made here follows it).
     candidates : sequence of sequences of int
         Each candidate's token ids (the text that would follow the prompt).
     chunk : int
@@ -84,13 +86,13 @@ def score_candidates(
     """
     from transformers import DynamicCache
 
-    p = prompt.shape[0]
+    p, device = prompt.shape[0], prompt.device
     out = model(inputs_embeds=prompt[None], use_cache=True)
     first = out.logits[:, -1]  # (1, V): predicts every candidate's first token
     prefix = [(layer.keys, layer.values) for layer in out.cache.layers]
     embed = model.get_input_embeddings()
     scores = []
-    for c_ids, c_mask in _chunks(candidates, chunk, pad_id):
+    for c_ids, c_mask in _chunks(candidates, chunk, pad_id, device):
         k, width = c_ids.shape
         if width == 1:  # one-token candidates: the prompt's last position scored them all
             rest = first.new_zeros((k, 0, first.shape[-1]))
@@ -102,11 +104,12 @@ def score_candidates(
                                 for key, value in prefix],
                 config=model.config,
             )  # fmt: skip
-            attention = torch.cat([torch.ones((k, p), dtype=torch.long), c_mask[:, :-1]], dim=1)
+            prefix_mask = torch.ones((k, p), dtype=torch.long, device=device)
+            attention = torch.cat([prefix_mask, c_mask[:, :-1]], dim=1)
             rest = model(
                 inputs_embeds=embed(c_ids[:, :-1]),
                 attention_mask=attention,
-                position_ids=torch.arange(p, p + width - 1)[None].expand(k, -1),
+                position_ids=torch.arange(p, p + width - 1, device=device)[None].expand(k, -1),
                 cache=cache,
                 use_cache=True,
             ).logits  # (k, L - 1, V)
@@ -125,10 +128,11 @@ def score_candidates_uncached(
     p = prompt.shape[0]
     embed = model.get_input_embeddings()
     scores = []
-    for c_ids, c_mask in _chunks(candidates, chunk, pad_id):
+    for c_ids, c_mask in _chunks(candidates, chunk, pad_id, prompt.device):
         k = c_ids.shape[0]
         inputs = torch.cat([prompt[None].expand(k, -1, -1), embed(c_ids[:, :-1])], dim=1)
-        attention = torch.cat([torch.ones((k, p), dtype=torch.long), c_mask[:, :-1]], dim=1)
+        prefix_mask = torch.ones((k, p), dtype=torch.long, device=prompt.device)
+        attention = torch.cat([prefix_mask, c_mask[:, :-1]], dim=1)
         logits = model(inputs_embeds=inputs, attention_mask=attention).logits  # (k, P+L-1, V)
         scores.append(_mean_logprob(logits[:, p - 1], logits[:, p:], c_ids, c_mask))
     return torch.cat(scores)

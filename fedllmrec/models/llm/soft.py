@@ -145,15 +145,17 @@ class SoftTokens(nn.Module):
     ) -> torch.Tensor:
         """``embeds`` (P, H) with every soft place of ``prompt`` overwritten (not in place:
         gradients reach the projectors); ``user_state`` (D,) feeds the user token."""
-        items = prompt.soft_items
+        device = embeds.device  # the prompt's tensors and the source's state may be on the CPU
+        items = prompt.soft_items.to(device)
         is_user = items == USER
-        tokens = torch.empty(items.shape[0], embeds.shape[1], dtype=embeds.dtype)
+        tokens = torch.empty(items.shape[0], embeds.shape[1], dtype=embeds.dtype, device=device)
         if bool(is_user.any()):
-            tokens = tokens.index_put((is_user,), self.users(user_state[None]).to(embeds.dtype))
+            user = self.users(user_state.to(device)[None]).to(embeds.dtype)
+            tokens = tokens.index_put((is_user,), user)
         if bool((~is_user).any()):
             item_tokens = self.items(items[~is_user]).to(embeds.dtype)
             tokens = tokens.index_put((~is_user,), item_tokens)
-        return embeds.index_put((prompt.soft_positions,), tokens)
+        return embeds.index_put((prompt.soft_positions.to(device),), tokens)
 
 
 def token_norm(embedding: torch.Tensor) -> float:

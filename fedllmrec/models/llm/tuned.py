@@ -109,12 +109,12 @@ class TunedLLMRecommender(LLMRecommender):
         order = rng.permutation(candidates.shape[0])
         shown = candidates[order]
         prompt = self.prompts.encode(rows.histories[row].tolist(), shown.tolist())
-        embeds = self.model.get_input_embeddings()(prompt.ids)
+        embeds = self.embed_prompt(prompt)
         if self.soft is not None:
             assert self._states is not None
             embeds = self.soft.inject(embeds, prompt, self._states[row])
         scores = self.score_row(embeds, shown)  # (K,)
-        target = torch.tensor([int(np.flatnonzero(order == 0)[0])])
+        target = torch.tensor([int(np.flatnonzero(order == 0)[0])], device=scores.device)
         return F.cross_entropy(scores[None].float(), target)
 
     def train_steps(
