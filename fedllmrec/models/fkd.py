@@ -284,9 +284,10 @@ class FKDRecommender(SequentialRecommender):
     fkd: FKDConfig = field(default_factory=FKDConfig)
     protection: ProtectionConfig = field(default_factory=ProtectionConfig)
     semantics: SharedSemantics | None = field(default=None, repr=False)
-    # (history id, domain, encoder, user) -> the user's last state of that domain's
-    # sequence, while a scoring session is open.
-    _session: dict[tuple[int, int, int, int], torch.Tensor] | None = field(
+    # (history, domain, encoder, user) -> the user's last state of that domain's sequence,
+    # while a scoring session is open. The history object itself is the key (by identity):
+    # the memo holds it, so no other history can take its place.
+    _session: dict[tuple[UserItemSet, int, int, int], torch.Tensor] | None = field(
         default=None, init=False, repr=False, compare=False
     )
 
@@ -565,7 +566,7 @@ class FKDRecommender(SequentialRecommender):
 
     @contextmanager
     def scoring_session(self) -> Iterator[None]:
-        """Within, each user's state per history and encoder is computed once and reused
+        """Within, each user's state per history, domain and encoder is computed once and reused
         (an evaluation scores the same users in several modes; see
         :func:`fedllmrec.models.base.scoring_session`). Weights must not change inside."""
         self._session = {}
@@ -590,7 +591,7 @@ class FKDRecommender(SequentialRecommender):
         if memo is None:
             return encode(sequences(users))
         history, domain, encoder = what
-        keys = [(id(history), domain, encoder, int(u)) for u in users]
+        keys = [(history, domain, encoder, int(u)) for u in users]
         missing = list(dict.fromkeys(k for k in keys if k not in memo))  # unique, in order
         if missing:
             fresh = encode(sequences(np.array([k[3] for k in missing], dtype=np.int64)))

@@ -228,7 +228,7 @@ def train_clients(
         leaves = {name: t.clone() for name, t in initial.items()}
         optimizer: torch.optim.Optimizer
         # foreach: the multi-tensor kernels, 1.5x faster on CPU, the same values bit for bit
-        # as the per-tensor loop (tests/test_federated_engines.py); not fused: that differs.
+        # as the per-tensor loop (tests/test_federated.py); not fused: that differs.
         if config.optimizer == "adam":
             optimizer = torch.optim.Adam(list(leaves.values()), lr=config.lr, foreach=True)
         else:
