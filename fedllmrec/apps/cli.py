@@ -331,7 +331,8 @@ def train(
         title=f"{loaded.name}: epoch {metrics['best_epoch']} of {metrics['stopped_epoch']}"
         if metrics["stopped_epoch"]
         else f"{loaded.name}: fitted once",
-        caption=f"selected on valid {metrics['monitor']} ({metrics['mode']})",
+        caption=f"selected on valid {metrics['monitor']} ({metrics['mode']})"
+        + (f"; popularity prior weight {metrics['prior']['weight']}" if "prior" in metrics else ""),
     )
     for column in ("metric", "valid", "test"):
         table.add_column(column, justify="left" if column == "metric" else "right")

@@ -16,12 +16,11 @@ from typing import Any, Literal, Protocol, cast, get_args
 import numpy as np
 
 from fedllmrec.data.prepare import LLM_NEGATIVES, Prepared
-from fedllmrec.data.split import UserItemSet
 from fedllmrec.errors import FedLLMRecError
 from fedllmrec.eval.metrics import TiePolicy, click_metrics
 from fedllmrec.eval.ranking import Mode, evaluate_ranking
 from fedllmrec.eval.retrieved import RETRIEVED_K, evaluate_retrieved
-from fedllmrec.models.base import Recommender, scoring_session
+from fedllmrec.models.base import Recommender, Scorer, scoring_session
 
 # sampled-19: the LLM protocol's 1 + 19; retrieved-20: the top 20 retrieved (eval/retrieved.py)
 EvalMode = Literal["full", "sampled", "sampled-19", "retrieved-20"]
@@ -29,12 +28,6 @@ EVAL_MODES: tuple[str, ...] = get_args(EvalMode)
 
 # Metrics where smaller is better; a monitor on one of these defaults to mode "min".
 LOWER_IS_BETTER: set[str] = {"LogLoss", "loss"}
-
-
-class Scorer(Protocol):
-    """What evaluation needs of a model: scores of candidate items (see ``Recommender``)."""
-
-    def score(self, users: np.ndarray, items: np.ndarray, history: UserItemSet) -> np.ndarray: ...
 
 
 class Evaluator(Protocol):

@@ -26,6 +26,12 @@ class Recommender(Protocol):
         ...
 
 
+class Scorer(Protocol):
+    """What evaluation needs of a model: scores of candidate items (see ``Recommender``)."""
+
+    def score(self, users: np.ndarray, items: np.ndarray, history: UserItemSet) -> np.ndarray: ...
+
+
 def scoring_session(model: object) -> AbstractContextManager[None]:
     """``model.scoring_session()`` if the model has one, else a context that does nothing.
 

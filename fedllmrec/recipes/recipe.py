@@ -58,6 +58,7 @@ from fedllmrec.models.fkd import FKDRecommender
 from fedllmrec.models.llm.recommender import LLMRecConfig, LLMRecommender
 from fedllmrec.models.llm.soft import SoftSource
 from fedllmrec.models.llm.tuned import TunedLLMRecommender
+from fedllmrec.models.prior import PopularityPrior
 from fedllmrec.models.sequential import SequentialRecommender
 from fedllmrec.train.trainer import (
     BEST,
@@ -68,7 +69,7 @@ from fedllmrec.train.trainer import (
     load_checkpoint,
 )
 
-Model = Trainable | Recommender
+Model = Trainable | Recommender | PopularityPrior
 
 
 @dataclass
@@ -142,7 +143,9 @@ def _llm(options: LLMRecConfig, prepared: Prepared) -> Model:
         run = options.source
 
         def source() -> SoftSource:  # loaded by the model's fit(): building reads no run
-            trained = load_trained(run, prepared)
+            trained: object = load_trained(run, prepared)
+            if isinstance(trained, PopularityPrior):  # soft tokens read states, not scores
+                trained = trained.model
             inner = trained.recommender if isinstance(trained, FederatedRecommender) else trained
             if not isinstance(inner, SoftSource):
                 raise FedLLMRecError(
@@ -346,12 +349,14 @@ def load_run(
     run was trained with ``--data-dir``), which must be the data it was trained on, and its
     ``best.pt`` is loaded. A model with no trained state (popularity,
     item-kNN, the zero-shot LLM) is fitted again: its fit is deterministic and is all its
-    training was.
+    training was. A run that chose a popularity prior (``trainer.prior_weights``) returns
+    the model inside its :class:`~fedllmrec.models.prior.PopularityPrior`, as it was tested.
     """
     run = Path(run_dir)
     if not (run / METRICS).is_file():
         raise FedLLMRecError(f"{run}: not a finished run (no {METRICS})")
-    config = json.loads((run / METRICS).read_text())["config"]
+    metrics = json.loads((run / METRICS).read_text())
+    config = metrics["config"]
     recipe = load_recipe(config["recipe"], config.get("overrides", [])).reading(data_dir)
     own = recipe.prepare()
     if prepared is not None and own.folder != prepared.folder:
@@ -361,14 +366,18 @@ def load_run(
     prepared = prepared or own
     model = recipe.build_model(prepared)
     if not isinstance(model, Trainable):
-        return model.fit(prepared.split), prepared
-    if not (run / BEST).is_file():
-        raise FedLLMRecError(f"{run}: not a finished run (no {BEST})")
-    # Set up as the trainer did (seeded); loading restores RNG states the caller must keep.
-    with torch.random.fork_rng():
-        torch.manual_seed(recipe.trainer.seed)
-        model.setup(prepared.split)
-        model.load_state_dict(load_checkpoint(run / BEST)["model"])
+        model = model.fit(prepared.split)
+    else:
+        if not (run / BEST).is_file():
+            raise FedLLMRecError(f"{run}: not a finished run (no {BEST})")
+        # Set up as the trainer did (seeded); loading restores RNG states the caller must keep.
+        with torch.random.fork_rng():
+            torch.manual_seed(recipe.trainer.seed)
+            model.setup(prepared.split)
+            model.load_state_dict(load_checkpoint(run / BEST)["model"])
+    weight = float(metrics.get("prior", {}).get("weight", 0.0))
+    if weight:
+        return PopularityPrior(model, weight).fit(prepared.split), prepared
     return model, prepared
 
 
@@ -486,6 +495,13 @@ def _from_raw(path: Path, raw: dict[str, Any], overrides: list[str]) -> Recipe:
         section = dict(_table(raw, "federated"))
         section.setdefault("seed", trainer.seed)
         federated = _instantiate(FederationConfig, section, "federated")
+        if trainer.prior_weights and federated.partition != "domain":
+            # The prior is every item's training count: no user client holds those.
+            raise _Bad(
+                "trainer.prior_weights",
+                "a popularity prior needs item counts that no user client holds; "
+                "use it centralized or with federated.partition = 'domain'",
+            )
 
     description = raw.get("description", "")
     if not isinstance(description, str):

@@ -52,7 +52,8 @@ from fedllmrec.data.split import Split, UserItemSet
 from fedllmrec.errors import FedLLMRecError, check_option
 from fedllmrec.eval.evaluators import LOWER_IS_BETTER, Evaluator
 from fedllmrec.io import atomic_path, atomic_write_bytes, atomic_write_json
-from fedllmrec.models.base import Recommender
+from fedllmrec.models.base import Recommender, Scorer
+from fedllmrec.models.prior import PopularityPrior
 
 LAST, BEST, METRICS, CURVE = "last.pt", "best.pt", "metrics.json", "curve.png"
 
@@ -60,6 +61,7 @@ LAST, BEST, METRICS, CURVE = "last.pt", "best.pt", "metrics.json", "curve.png"
 # the epoch budget, where raw data lives, and how the recipe was spelled (file, --set list).
 RESUMABLE_CHANGES: tuple[str, ...] = (
     "trainer.max_epochs",
+    "trainer.prior_weights",  # chosen after training: a finished run can try other weights
     "data.data_dir",
     "recipe",
     "overrides",
@@ -118,6 +120,11 @@ class TrainerConfig:
         Seeds Python, numpy and torch before the model is set up.
     checkpoint : bool
         Write ``last.pt`` / ``best.pt`` and resume from ``last.pt``.
+    prior_weights : sequence of float
+        Weights of a popularity prior added to the best model's scores
+        (:class:`fedllmrec.models.prior.PopularityPrior`), each tried on validation after
+        training; the best by ``monitor`` is tested (weight 0, the model alone, is always
+        tried). Empty: no prior.
     """
 
     max_epochs: int = 200
@@ -127,9 +134,16 @@ class TrainerConfig:
     mode: Literal["max", "min"] | None = None
     seed: int = 0
     checkpoint: bool = True
+    prior_weights: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         check = partial(check_option, "TrainerConfig")
+        check(
+            "prior_weights",
+            all(math.isfinite(w) and w >= 0 for w in self.prior_weights),
+            "finite and >= 0",
+            self.prior_weights,
+        )
         check("max_epochs", self.max_epochs >= 0, ">= 0", self.max_epochs)
         check("eval_every", self.eval_every >= 1, ">= 1", self.eval_every)
         check("patience", self.patience >= 0, ">= 0", self.patience)
@@ -303,8 +317,9 @@ class Trainer:
             model.load_state_dict(load_checkpoint(out / BEST)["model"])
         elif best_in_memory is not None:
             model.load_state_dict(best_in_memory)
-        test = evaluator(model, "test")
-        return self._finish(out, state, test, run_record, run_info)
+        tested, prior = self._with_prior(model, prepared, evaluator, state)
+        test = evaluator(tested, "test")
+        return self._finish(out, state, test, run_record, {**run_info, **prior})
 
     # ------------------------------------------------------------------ helpers
 
@@ -327,7 +342,34 @@ class Trainer:
             best_valid=valid,
             train_seconds=seconds,
         )
-        return self._finish(out, state, evaluator(model, "test"), run_record)
+        tested, prior = self._with_prior(model, prepared, evaluator, state)
+        return self._finish(out, state, evaluator(tested, "test"), run_record, prior)
+
+    def _with_prior(
+        self, model: Scorer, prepared: Prepared, evaluator: Evaluator, state: _State
+    ) -> tuple[Scorer, dict[str, Any]]:
+        """The best model with the popularity prior whose weight validates best, and the
+        ``metrics.json`` entry saying what was tried; ``state.best_valid`` becomes that
+        choice's validation. No ``prior_weights``: the model and no entry."""
+        if not self.config.prior_weights:
+            return model, {}
+        start = time.perf_counter()
+        chosen: Scorer = model
+        weight, valid = 0.0, state.best_valid  # weight 0 is the model alone, validated already
+        tried = {0.0: self._monitored(valid)}
+        for w in sorted(set(self.config.prior_weights) - {0.0}):
+            candidate = PopularityPrior(model, w).fit(prepared.split)
+            metrics = evaluator(candidate, "valid")
+            tried[w] = self._monitored(metrics)
+            if self._improves(tried[w], self._monitored(valid)):  # ties keep the smaller weight
+                chosen, weight, valid = candidate, w, metrics
+        state.best_valid = valid
+        entry = {
+            "weight": weight,
+            "valid": {str(w): v for w, v in sorted(tried.items())},
+            "seconds": round(time.perf_counter() - start, 3),  # the validations it took
+        }
+        return chosen, {"prior": entry}
 
     def _finish(
         self,
