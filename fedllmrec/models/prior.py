@@ -9,7 +9,7 @@ sat near (or under) pure popularity on 1+99 lists. :class:`PopularityPrior` scor
 with ``n_i`` item ``i``'s interactions in the split's training role, the counts popularity
 ranks by. The trainer tries each of ``trainer.prior_weights`` on validation after training
 and keeps the best by its monitor (weight 0 is the model alone), so the test set never
-picks it (docs/cross-domain.md, "Popularity prior").
+picks it (docs/cross-domain.md, "A popularity prior at scoring").
 
 Whose data the counts are: an item's count comes from its own domain's users. With
 domains as clients each domain client holds its items' counts already; with users as
