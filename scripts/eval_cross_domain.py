@@ -69,7 +69,7 @@ ROWS: tuple[Row, ...] = (
     Row("sasrec-single", "single-domain SASRec (each domain alone)",
         "recipes/fkd-student-art-office.toml", minutes=2.7),
     Row("gru4rec-single", "single-domain GRU4Rec (each domain alone)",
-        "recipes/fkd-student-gru4rec-art-office.toml", minutes=2.8),
+        "recipes/fkd-student-gru4rec-art-office.toml", minutes=2.2),
     Row("teacher-central", "text-only teacher, centralized",
         "recipes/fkd-teacher-art-office.toml", minutes=6.2),
     Row("teacher-fed", "text-only teacher, federated", "recipes/fkd-teacher-fed-art-office.toml",
