@@ -25,14 +25,17 @@ from typing import Self
 
 import numpy as np
 
-from fedllmrec.data.split import TRAIN, Split, UserItemSet
+from fedllmrec.data.split import Split, UserItemSet
 from fedllmrec.models.base import Scorer, scoring_session
+from fedllmrec.models.baselines import Popularity
 
 
 def log_counts(split: Split) -> np.ndarray:
-    """``log(1 + n_i)`` of every item's training-role interactions, shape (I,)."""
-    items = split.dataset.item[split.role == TRAIN]
-    return np.log1p(np.bincount(items, minlength=split.dataset.n_items)).astype(np.float32)
+    """``log(1 + n_i)`` of every item's training-role interactions (the counts
+    :class:`~fedllmrec.models.baselines.Popularity` ranks by), shape (I,)."""
+    counts = Popularity().fit(split).counts  # float32, exact integers
+    assert counts is not None
+    return np.log1p(counts.astype(np.float64)).astype(np.float32)
 
 
 @dataclass

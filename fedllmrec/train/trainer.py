@@ -53,7 +53,7 @@ from fedllmrec.errors import FedLLMRecError, check_option
 from fedllmrec.eval.evaluators import LOWER_IS_BETTER, Evaluator
 from fedllmrec.io import atomic_path, atomic_write_bytes, atomic_write_json
 from fedllmrec.models.base import Recommender, Scorer
-from fedllmrec.models.prior import PopularityPrior
+from fedllmrec.models.prior import PopularityPrior, log_counts
 
 LAST, BEST, METRICS, CURVE = "last.pt", "best.pt", "metrics.json", "curve.png"
 
@@ -357,8 +357,9 @@ class Trainer:
         chosen: Scorer = model
         weight, valid = 0.0, state.best_valid  # weight 0 is the model alone, validated already
         tried = {0.0: self._monitored(valid)}
+        prior = log_counts(prepared.split)  # counted once for every weight
         for w in sorted(set(self.config.prior_weights) - {0.0}):
-            candidate = PopularityPrior(model, w).fit(prepared.split)
+            candidate = PopularityPrior(model, w, prior)
             metrics = evaluator(candidate, "valid")
             tried[w] = self._monitored(metrics)
             if self._improves(tried[w], self._monitored(valid)):  # ties keep the smaller weight
